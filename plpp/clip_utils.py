@@ -1,0 +1,225 @@
+"""CLIP on the stock ``clip`` package: loading weights, precision, and a text encoder with token states.
+
+Nothing here forks CLIP: the text transformer's blocks are run one by one so that callers can read
+the per-token hidden states (what PLPP needs), checkpoint activations, or replace prompt tokens
+between blocks (deep prompts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import logging
+import os
+import os.path as osp
+import sys
+import types
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+logger = logging.getLogger("plpp")
+
+PRECISIONS = ("fp16", "fp32", "amp", "bf16")
+
+
+class ClipWeightsError(RuntimeError):
+    """CLIP weights could not be found, downloaded or read; the message says how to provide them."""
+
+
+def import_clip() -> types.ModuleType:
+    """Import the ``clip`` package, shimming ``pkg_resources`` where setuptools ≥ 82 removed it."""
+    if "clip.clip" in sys.modules:
+        return sys.modules["clip"]
+    try:
+        importlib.import_module("pkg_resources")
+    except ImportError:
+        import packaging
+        import packaging.version
+
+        shim = types.ModuleType("pkg_resources")
+        shim.packaging = packaging  # the only attribute the clip packages use
+        sys.modules["pkg_resources"] = shim
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pkg_resources deprecation notice
+        clip = importlib.import_module("clip")
+    importlib.import_module("clip.model")
+    return clip
+
+
+def clip_models() -> dict[str, str]:
+    """OpenAI model name → download URL, from the installed ``clip`` package."""
+    return dict(import_clip().clip._MODELS)
+
+
+def clip_cache_dir() -> str:
+    return os.environ.get("PLPP_CLIP_CACHE") or osp.expanduser("~/.cache/clip")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(name: str) -> str:
+    """The local file for ``MODEL.BACKBONE.NAME``: an existing path, or an OpenAI name (cached/downloaded)."""
+    if not name:
+        raise ClipWeightsError("MODEL.BACKBONE.NAME is empty: set it to a CLIP name (e.g. ViT-B/16) or a .pt file")
+    expanded = osp.expanduser(name)
+    if osp.isfile(expanded):
+        return expanded
+    models = clip_models()
+    if name not in models:
+        raise ClipWeightsError(
+            f"MODEL.BACKBONE.NAME '{name}' is neither an existing file nor a CLIP model name. "
+            f"Use one of {', '.join(models)} or a path to a local .pt file.")
+    url = models[name]
+    root = clip_cache_dir()
+    target = osp.join(root, osp.basename(url))
+    expected = url.split("/")[-2]
+    if osp.isfile(target) and _sha256(target) == expected:
+        return target
+    problem = "has the wrong SHA-256 (incomplete or a different file)" if osp.isfile(target) else "is missing"
+    try:
+        return import_clip().clip._download(url, root)
+    except Exception as exc:
+        raise ClipWeightsError(
+            f"CLIP weights for '{name}' are not available: {target} {problem}, and downloading {url} failed "
+            f"({type(exc).__name__}: {exc}). Download that file on a machine with internet access and copy it "
+            f"to {target} (or set PLPP_CLIP_CACHE to its folder), or set MODEL.BACKBONE.NAME to a local .pt "
+            "file (TorchScript archive or state dict).") from None
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation notice; OpenAI ships TorchScript archives
+            archive = torch.jit.load(path, map_location="cpu")
+        return archive.state_dict()
+    except RuntimeError:
+        pass
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ClipWeightsError(f"Cannot read CLIP weights from {path} ({type(exc).__name__}: {exc}). "
+                               "Expected an OpenAI TorchScript archive or a torch.save'd state dict.") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "token_embedding.weight" not in state:
+        raise ClipWeightsError(f"{path} is not a CLIP state dict (no 'token_embedding.weight')")
+    return state
+
+
+def load_clip(name: str) -> nn.Module:
+    """Build ``clip.model.CLIP`` on the CPU, in fp32, from a CLIP name or a local weights file."""
+    path = resolve_weights(name)
+    state = _read_state_dict(path)
+    model = import_clip().model.build_model(dict(state))
+    return model.float().eval()
+
+
+class Precision:
+    """How a CLIP model runs: ``fp32``, ``fp16`` (weights in half, fp32 prompt parameters), ``amp`` or ``bf16``.
+
+    ``fp16`` and ``amp`` fall back to fp32 on the CPU (half kernels there are slow or missing), with
+    one log line saying so. ``bf16`` uses autocast on any device that supports it.
+    """
+
+    def __init__(self, prec: str, device: torch.device, key: str = "PREC") -> None:
+        if prec not in PRECISIONS:
+            raise ValueError(f"{key} '{prec}' is not valid; choose one of {', '.join(PRECISIONS)}")
+        self.requested = prec
+        self.device = torch.device(device)
+        if self.device.type != "cuda" and prec in ("fp16", "amp"):
+            logger.info(f"Note: {key} {prec} needs CUDA; running in fp32 on {self.device.type}")
+            prec = "fp32"
+        self.mode = prec
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        return torch.float16 if self.mode == "fp16" else torch.float32
+
+    def prepare(self, clip_model: nn.Module) -> nn.Module:
+        """Cast a freshly loaded (fp32) CLIP for this precision, as the clip package does for fp16."""
+        if self.mode == "fp16":
+            import_clip().model.convert_weights(clip_model)
+        return clip_model
+
+    def autocast(self):
+        if self.mode == "amp":
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        if self.mode == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def grad_scaler(self):
+        return torch.amp.GradScaler(self.device.type) if self.mode == "amp" else None
+
+
+def tokenize(texts: str | list[str]) -> torch.Tensor:
+    """Token ids ``[N, 77]`` (int64), SOT … EOT and zero padding."""
+    return import_clip().tokenize(texts).long()
+
+
+def token_length(text: str) -> int:
+    """Number of BPE tokens of ``text`` (without SOT/EOT)."""
+    return len(import_clip().clip._tokenizer.encode(text))
+
+
+def decode_tokens(ids: list[int]) -> list[str]:
+    """Each token id as its text, for showing learned prompts as words."""
+    tok = import_clip().clip._tokenizer
+    return [tok.decode([int(i)]).strip() for i in ids]
+
+
+def run_blocks(x: torch.Tensor, blocks: nn.ModuleList | nn.Sequential, use_checkpoint: bool = False,
+               between: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Run transformer blocks on ``x`` [L, N, d]; ``between(i, x)`` may edit ``x`` before block ``i``."""
+    for i, block in enumerate(blocks):
+        if between is not None:
+            x = between(i, x)
+        if use_checkpoint and torch.is_grad_enabled() and x.requires_grad:
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+class TextEncoder(nn.Module):
+    """CLIP's text tower on prompt embeddings; returns pooled features and, optionally, token states.
+
+    ``forward(prompts [C, L, d], tokenized [C, L])`` → ``(features [C, D], states [C, L, d] | None)``,
+    where ``states`` are the outputs after ``ln_final`` and before ``text_projection``.
+    """
+
+    def __init__(self, clip_model: nn.Module) -> None:
+        super().__init__()
+        self.transformer = clip_model.transformer
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.use_checkpoint = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.resblocks[0].attn.in_proj_weight.dtype
+
+    def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor, return_states: bool = False,
+                between: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
+        x = prompts.to(self.dtype) + self.positional_embedding[: prompts.shape[1]].to(self.dtype)
+        x = x.permute(1, 0, 2)
+        x = run_blocks(x, self.transformer.resblocks, self.use_checkpoint, between)
+        x = x.permute(1, 0, 2)
+        x = self.ln_final(x).to(self.dtype)
+        pooled = x[torch.arange(x.shape[0], device=x.device), tokenized.argmax(dim=-1)] @ self.text_projection
+        return pooled, (x if return_states else None)

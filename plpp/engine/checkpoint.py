@@ -1,0 +1,115 @@
+"""Checkpoint files: tensors and plain numbers only, written atomically, loaded with ``weights_only``.
+
+A file is first written to ``<name>.tmp-<pid>`` and then renamed, so a crash never leaves a half
+file under a checkpoint name; the ``checkpoint`` pointer beside it is updated only afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import os.path as osp
+import pickle
+import random
+import zipfile
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "plpp-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, truncated, unsafe, or for another model."""
+
+
+def save_checkpoint(state: dict, fpath: str) -> None:
+    """Write ``state`` to ``fpath`` atomically (temp file in the same folder, fsync, rename)."""
+    os.makedirs(osp.dirname(fpath) or ".", exist_ok=True)
+    tmp = f"{fpath}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, fpath)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(fpath: str) -> dict:
+    """Load a checkpoint on the CPU without executing pickled code; clear errors for bad files."""
+    if not osp.isfile(fpath):
+        raise CheckpointError(f"Checkpoint not found: {fpath}. Check --model-dir and --load-epoch.")
+    try:
+        state = torch.load(fpath, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Checkpoint {fpath} contains pickled Python objects, which are never loaded because loading "
+            "them can run arbitrary code. Re-save it with tensors and numbers only (for Dassl checkpoints: "
+            "keep only 'state_dict'), or retrain."
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {fpath} is truncated or corrupt ({type(exc).__name__}: {exc}). Delete it; a resumed "
+            "run then starts from the previous complete checkpoint."
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"Checkpoint {fpath} holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+def extract_state_dict(state: dict, fpath: str) -> dict[str, torch.Tensor]:
+    """The model tensors of a checkpoint: ``state['state_dict']`` or a bare state dict."""
+    sd = state.get("state_dict", state)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{fpath} has no 'state_dict' of tensors")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Load strictly; on a mismatch raise one error naming missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state_dict)) if own[k].shape != state_dict[k].shape]
+    if missing or unexpected or shaped:
+        parts = []
+        if shaped:
+            parts.append("shape mismatch: " + "; ".join(shaped))
+        if missing:
+            parts.append("missing: " + ", ".join(missing))
+        if unexpected:
+            parts.append("unexpected: " + ", ".join(unexpected))
+        raise CheckpointError(
+            f"{source} does not fit this model ({' | '.join(parts)}). It was probably saved by another "
+            "trainer, backbone or prompt setting (e.g. N_CTX, CSC with a different number of classes)."
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and plain numbers (``weights_only``-loadable)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

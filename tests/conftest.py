@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random-weight CLIPs built with the real ``clip`` package, saved as real files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_CLIP = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=16,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                 transformer_layers=2)
+
+
+def build_tiny_clip(seed: int = 0, **overrides) -> torch.nn.Module:
+    """A random-weight ``clip.model.CLIP`` (fp32); heads = width // 64 as ``build_model`` infers."""
+    from plpp.clip_utils import import_clip
+
+    clip = import_clip()
+    torch.manual_seed(seed)
+    model = clip.model.CLIP(**{**TINY_CLIP, **overrides})
+    return model.float().eval()
+
+
+def save_tiny_clip(path: Path, seed: int = 0, **overrides) -> Path:
+    torch.save(build_tiny_clip(seed, **overrides).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_file(tmp_path_factory) -> Path:
+    """A tiny CLIP state-dict file, usable as MODEL.BACKBONE.NAME."""
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt")
+
+
+def subprocess_env() -> dict:
+    """Environment for CLI subprocesses: the repo importable, one thread, the built-in engine."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
+    env.setdefault("PLPP_ENGINE", "builtin")
+    return env
+
+
+PYTHON = sys.executable

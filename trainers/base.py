@@ -1,0 +1,122 @@
+"""What every CLIP prompt trainer shares: loading CLIP, precision, freezing, one training step.
+
+A host trainer sets ``PREC_KEY`` and implements ``build_custom_clip``; its training step is
+``forward_train`` (logits plus weighted loss terms), which the PLPP mixin extends.
+"""
+
+from __future__ import annotations
+
+import os.path as osp
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plpp.clip_utils import PRECISIONS, Precision, load_clip
+from plpp.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy
+from plpp.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_checked
+from plpp.engine.utils import logger
+
+
+@dataclass
+class TrainOutput:
+    """One training step's result: logits, loss terms with their weights, and extra metrics to log."""
+
+    logits: torch.Tensor
+    losses: dict[str, tuple[float, torch.Tensor]] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class ClipPromptTrainer(TrainerX):
+    """Base for CLIP prompt learners: the learner is the only registered (trained) model."""
+
+    PREC_KEY = "COOP"  # the TRAINER.<KEY> block holding PREC and the prompt settings
+    LEARNER_NAME = "prompt_learner"
+
+    @property
+    def method_cfg(self):
+        return self.cfg.TRAINER[self.PREC_KEY]
+
+    def check_cfg(self, cfg) -> None:
+        prec = cfg.TRAINER[self.PREC_KEY].PREC
+        if prec not in PRECISIONS:
+            raise ValueError(f"TRAINER.{self.PREC_KEY}.PREC '{prec}' is not valid; choose one of {', '.join(PRECISIONS)}")
+        size = tuple(cfg.INPUT.SIZE)
+        if len(size) != 2 or size[0] != size[1]:
+            raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
+
+    def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
+        """Return the host model; it must have a ``prompt_learner`` submodule."""
+        raise NotImplementedError
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        classnames = self.dm.dataset.classnames
+        logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        self.precision = Precision(self.method_cfg.PREC, self.device, key=f"TRAINER.{self.PREC_KEY}.PREC")
+        clip_model = self.precision.prepare(load_clip(cfg.MODEL.BACKBONE.NAME))
+        resolution = clip_model.visual.input_resolution
+        if cfg.INPUT.SIZE[0] != resolution:
+            raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
+                             f"{resolution}; set INPUT.SIZE ({resolution}, {resolution})")
+        logger.info("Building custom CLIP")
+        self.model = self.build_custom_clip(classnames, clip_model)
+        learner = self.model.prompt_learner
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name.startswith("prompt_learner."))
+        n_train = sum(p.numel() for p in learner.parameters() if p.requires_grad)
+        logger.info(f"Trainable parameters: {n_train:,} (prompt learner only)")
+        if cfg.MODEL.INIT_WEIGHTS:
+            self.load_init_weights(learner, cfg.MODEL.INIT_WEIGHTS)
+        self.model.to(self.device)
+        self.optim = build_optimizer(learner, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model(self.LEARNER_NAME, learner, self.optim, self.sched)
+        self.scaler = self.precision.grad_scaler()
+
+    @staticmethod
+    def load_init_weights(module: nn.Module, path: str) -> None:
+        """Initialise ``module`` from a checkpoint (ours or a bare state dict), strictly and safely."""
+        if osp.isdir(path):
+            raise CheckpointError(f"MODEL.INIT_WEIGHTS must be a checkpoint file, got the folder {path}")
+        state = load_checkpoint(path)
+        load_state_dict_checked(module, extract_state_dict(state, path), f"MODEL.INIT_WEIGHTS {path}")
+        logger.info(f"Initialised the prompt learner from {path}")
+
+    def forward_train(self, image: torch.Tensor, label: torch.Tensor) -> TrainOutput:
+        """The host's training objective: cross-entropy on the image-text logits."""
+        logits = self.model(image)
+        return TrainOutput(logits, {"loss_ce": (1.0, F.cross_entropy(logits.float(), label))})
+
+    def forward_backward(self, batch) -> dict:
+        image, label = self.parse_batch_train(batch)
+        with self.precision.autocast():
+            out = self.forward_train(image, label)
+        loss = sum(weight * term.float() for weight, term in out.losses.values())
+        terms = {name: term.detach() for name, (_, term) in out.losses.items()}
+        self.model_backward_and_update(loss, terms=terms)
+        summary = {"loss": loss.item()}
+        summary.update({name: term.item() for name, term in terms.items()})
+        summary.update({name: float(value) for name, value in out.metrics.items()})
+        summary["acc"] = compute_accuracy(out.logits.detach().float(), label)[0].item()
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def set_model_mode(self, mode: str = "train", names=None) -> None:
+        super().set_model_mode(mode, names)
+        clear = getattr(self.model, "clear_text_cache", None)
+        if mode == "train" and clear is not None:
+            clear()
+
+    def before_test(self, split: str) -> None:
+        """Prompts are fixed during evaluation: encode the class prompts once, not per test batch."""
+        cache = getattr(self.model, "cache_text_features", None)
+        if cache is not None:
+            with self.precision.autocast():
+                cache()
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return self.model(input).float()

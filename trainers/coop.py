@@ -1,0 +1,190 @@
+"""CoOp: learnable context vectors in front of (or around) each class name; only they are trained."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from plpp.clip_utils import TextEncoder, token_length, tokenize
+from plpp.engine import TRAINER_REGISTRY
+from plpp.engine.utils import logger
+
+from .base import ClipPromptTrainer
+
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+def add_config(cfg) -> None:
+    """Declare ``TRAINER.COOP`` (CoOp's keys and defaults)."""
+    from yacs.config import CfgNode as CN
+
+    if "COOP" in cfg.TRAINER:
+        return
+    cfg.TRAINER.COOP = CN()
+    cfg.TRAINER.COOP.N_CTX = 16  # number of context tokens
+    cfg.TRAINER.COOP.CSC = False  # class-specific context
+    cfg.TRAINER.COOP.CTX_INIT = ""  # initialise the context from this text (sets N_CTX to its length)
+    cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle or front
+
+
+def init_context(n_ctx: int, ctx_init: str, clip_model: nn.Module, n_copies: int | None) -> tuple[torch.Tensor, str]:
+    """Context vectors ``[M, d]`` (or ``[n_copies, M, d]``) from a text or N(0, 0.02), and the prompt prefix."""
+    embedding = clip_model.token_embedding
+    width = embedding.weight.shape[1]
+    if ctx_init:
+        ctx_init = ctx_init.replace("_", " ")
+        n_ctx = token_length(ctx_init)
+        with torch.no_grad():
+            vectors = embedding(tokenize(ctx_init).to(embedding.weight.device))[0, 1 : 1 + n_ctx].float().clone()
+        if n_copies is not None:
+            vectors = vectors.unsqueeze(0).repeat(n_copies, 1, 1)
+        return vectors, ctx_init
+    if n_ctx < 1:
+        raise ValueError(f"N_CTX must be at least 1 when CTX_INIT is empty, got {n_ctx}")
+    shape = (n_ctx, width) if n_copies is None else (n_copies, n_ctx, width)
+    vectors = torch.empty(shape, dtype=torch.float32)
+    nn.init.normal_(vectors, std=0.02)
+    return vectors, " ".join(["X"] * n_ctx)
+
+
+class PromptLearner(nn.Module):
+    """Builds ``[SOS][ctx][class].`` prompt embeddings ``[C, 77, d]`` from learnable ``ctx``.
+
+    The class-dependent token embeddings are non-persistent buffers, so a checkpoint holds only
+    ``ctx`` and a base-trained prompt loads for any other class set.
+    """
+
+    def __init__(self, coop_cfg, classnames: list[str], clip_model: nn.Module) -> None:
+        super().__init__()
+        position = coop_cfg.CLASS_TOKEN_POSITION
+        if position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION '{position}' must be one of "
+                             f"{', '.join(CLASS_TOKEN_POSITIONS)}")
+        n_cls = len(classnames)
+        ctx, prefix = init_context(coop_cfg.N_CTX, coop_cfg.CTX_INIT, clip_model, n_cls if coop_cfg.CSC else None)
+        self.ctx = nn.Parameter(ctx)
+        self.n_cls, self.n_ctx = n_cls, ctx.shape[-2]
+        self.csc = bool(coop_cfg.CSC)
+        self.class_token_position = position
+        logger.info(f'Initial context: "{prefix}" ({self.n_ctx} tokens, '
+                    f'{"class-specific" if self.csc else "shared"})')
+        names = [name.replace("_", " ") for name in classnames]
+        name_lens = [token_length(name) for name in names]
+        tokenized = tokenize([f"{prefix} {name}." for name in names])
+        embedding = clip_model.token_embedding
+        with torch.no_grad():
+            tokens = embedding(tokenized.to(embedding.weight.device)).float()
+        self.register_buffer("token_prefix", tokens[:, :1], persistent=False)
+        self.register_buffer("token_suffix", tokens[:, 1 + self.n_ctx :], persistent=False)
+        self.register_buffer("tokenized_prompts", tokenized, persistent=False)
+        order, ctx_pos = self._layout(name_lens, tokenized.shape[1])
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("ctx_positions", ctx_pos, persistent=False)
+        self.name_lens = name_lens
+
+    def _layout(self, name_lens: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token order per class (from the ``end`` layout to the configured one) and where ctx lands.
+
+        Returns ``order [C, L]`` (gather index into ``[SOS][ctx][class][rest]``) and
+        ``ctx_positions [C, M]`` (the position of each context token in the final prompt).
+        """
+        m = self.n_ctx
+        orders, positions = [], []
+        for n in name_lens:
+            sos, ctx, cls, rest = [0], list(range(1, 1 + m)), list(range(1 + m, 1 + m + n)), \
+                list(range(1 + m + n, length))
+            if self.class_token_position == "end":
+                order = sos + ctx + cls + rest
+            elif self.class_token_position == "front":
+                order = sos + cls + ctx + rest
+            else:
+                half = m // 2
+                order = sos + ctx[:half] + cls + ctx[half:] + rest
+            orders.append(order)
+            positions.append([order.index(c) for c in ctx])
+        return torch.tensor(orders), torch.tensor(positions)
+
+    @property
+    def shared_prefix(self) -> bool:
+        """True when the context states are identical for all classes (shared ctx before the name)."""
+        return not self.csc and self.class_token_position == "end"
+
+    def forward(self) -> torch.Tensor:
+        ctx = self.ctx if self.csc else self.ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
+        prefix, suffix = self.token_prefix, self.token_suffix
+        prompts = torch.cat([prefix.to(ctx.dtype), ctx, suffix.to(ctx.dtype)], dim=1)
+        if self.class_token_position != "end":
+            prompts = prompts.gather(1, self.order.unsqueeze(-1).expand(-1, -1, prompts.shape[-1]))
+        return prompts
+
+
+class CustomCLIP(nn.Module):
+    """CLIP with a prompt learner on the text side: ``forward(image) -> logits [B, C]``."""
+
+    def __init__(self, cfg, classnames: list[str], clip_model: nn.Module,
+                 learner_cls: type[nn.Module] = PromptLearner) -> None:
+        super().__init__()
+        self.prompt_learner = learner_cls(cfg.TRAINER.COOP, classnames, clip_model)
+        self.image_encoder = clip_model.visual
+        self.text_encoder = TextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+        self.token_embedding = clip_model.token_embedding
+        self._text_cache: torch.Tensor | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_encoder.dtype
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        feats = self.image_encoder(image.to(self.dtype))
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+    def encode_text(self, return_states: bool = False):
+        prompts = self.prompt_learner()
+        feats, states = self.text_encoder(prompts, self.prompt_learner.tokenized_prompts, return_states)
+        return feats / feats.norm(dim=-1, keepdim=True), states
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale.exp() * image_features @ text_features.t()
+
+    @torch.no_grad()
+    def cache_text_features(self) -> None:
+        """Encode the class prompts once for evaluation; cleared when training resumes."""
+        self._text_cache = self.encode_text()[0]
+
+    def clear_text_cache(self) -> None:
+        self._text_cache = None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        text = self._text_cache if (self._text_cache is not None and not torch.is_grad_enabled()) else None
+        if text is None:
+            text = self.encode_text()[0]
+        return self.logits(self.encode_image(image), text)
+
+    def forward_with_states(self, image: torch.Tensor, shift: bool = False):
+        """Logits plus the context vectors and the text states aligned with them (one text pass).
+
+        Returns ``(logits [B, C], ctx, states)`` with ``ctx``/``states`` of shape ``[M, d]`` when the
+        context states are shared by all classes (causal mask, class name after the context), else
+        ``[C, M, d]``. With ``shift`` the state before each context token is used (next-token view).
+        """
+        text, states = self.encode_text(return_states=True)
+        learner = self.prompt_learner
+        pos = learner.ctx_positions - (1 if shift else 0)
+        if learner.shared_prefix:
+            ctx, ctx_states = learner.ctx, states[0, pos[0]]
+        else:
+            ctx = learner.ctx if learner.csc else learner.ctx.unsqueeze(0).expand(learner.n_cls, -1, -1)
+            ctx_states = states.gather(1, pos.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+        return self.logits(self.encode_image(image), text), ctx, ctx_states
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(ClipPromptTrainer):
+    """Context Optimization (CoOp) on CLIP."""
+
+    PREC_KEY = "COOP"
+
+    def build_custom_clip(self, classnames, clip_model):
+        return CustomCLIP(self.cfg, classnames, clip_model)
