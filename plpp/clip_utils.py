@@ -2,7 +2,8 @@
 
 Nothing here forks CLIP: the text transformer's blocks are run one by one so that callers can read
 the per-token hidden states (what PLPP needs), checkpoint activations, or replace prompt tokens
-between blocks (deep prompts).
+between blocks (deep prompts, on the text side through ``TextEncoder(between=...)`` and on the
+vision side through ``encode_image_with_prompts``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import os.path as osp
 import sys
 import types
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -223,3 +225,65 @@ class TextEncoder(nn.Module):
         x = self.ln_final(x).to(self.dtype)
         pooled = x[torch.arange(x.shape[0], device=x.device), tokenized.argmax(dim=-1)] @ self.text_projection
         return pooled, (x if return_states else None)
+
+
+def replace_tokens(x: torch.Tensor, start: int | None, tokens: torch.Tensor) -> torch.Tensor:
+    """Put ``tokens`` [n, w] at sequence positions ``start .. start+n`` of ``x`` [L, N, w] (all N rows).
+
+    ``start=None`` replaces the last ``n`` positions. Returns a new tensor in ``x``'s dtype.
+    """
+    n = tokens.shape[0]
+    if start is None:
+        start = x.shape[0] - n
+    if start < 0 or start + n > x.shape[0]:
+        raise ValueError(f"cannot place {n} prompt tokens at position {start} of a {x.shape[0]}-token sequence")
+    block = tokens.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
+    return torch.cat([x[:start], block, x[start + n :]], dim=0)
+
+
+def deep_prompt_hook(deep_prompts: Sequence[torch.Tensor],
+                     start: int | None) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """A ``between(i, x)`` hook that puts ``deep_prompts[i - 1]`` [n, w] at ``start`` before block ``i``.
+
+    Blocks ``1 .. len(deep_prompts)`` get new prompt tokens; block 0 sees the first-layer prompts
+    already in the sequence, and blocks after the last deep prompt keep the tokens they receive.
+    ``start=None`` means the last ``n`` tokens (prompts appended to the sequence).
+    """
+
+    def between(i: int, x: torch.Tensor) -> torch.Tensor:
+        if 1 <= i <= len(deep_prompts):
+            return replace_tokens(x, start, deep_prompts[i - 1])
+        return x
+
+    return between
+
+
+def is_vision_transformer(visual: nn.Module) -> bool:
+    """True for CLIP's ViT image tower (``VisionTransformer``), False for the ResNet one."""
+    return all(hasattr(visual, name) for name in ("conv1", "class_embedding", "transformer", "ln_post"))
+
+
+def encode_image_with_prompts(visual: nn.Module, image: torch.Tensor, first_prompt: torch.Tensor | None = None,
+                              deep_prompts: Sequence[torch.Tensor] = (), use_checkpoint: bool = False) -> torch.Tensor:
+    """CLIP's ViT forward with learnable prompt tokens: image ``[B, 3, H, W]`` → features ``[B, D]``.
+
+    ``first_prompt`` [n, w] is appended after the patch tokens (after the positional embedding, before
+    ``ln_pre``); ``deep_prompts[i]`` [n, w] replaces those n tokens before block ``i + 1`` (MaPLe's
+    convention). With no prompts this equals ``visual(image)``. Runs in ``visual``'s dtype (or
+    autocast); prompts may be fp32 master copies, they are cast here.
+    """
+    if not is_vision_transformer(visual):
+        raise ValueError(f"encode_image_with_prompts needs CLIP's ViT image tower, got {type(visual).__name__}")
+    if deep_prompts and first_prompt is None:
+        raise ValueError("deep_prompts replace the first-layer prompt tokens, so first_prompt is required")
+    x = visual.conv1(image.to(visual.conv1.weight.dtype))  # [B, w, g, g]
+    x = x.flatten(2).transpose(1, 2)  # [B, g*g, w]
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    if first_prompt is not None:
+        x = torch.cat([x, first_prompt.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+    x = visual.ln_pre(x).permute(1, 0, 2)  # [L, B, w]
+    between = deep_prompt_hook(deep_prompts, None) if deep_prompts else None
+    x = run_blocks(x, visual.transformer.resblocks, use_checkpoint, between)
+    x = visual.ln_post(x[0])
+    return x @ visual.proj if visual.proj is not None else x

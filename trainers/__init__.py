@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import coop, plpp
+from . import cocoop, coop, maple, plpp, zsclip  # noqa: F401  (zsclip: registration only)
 
-_CONFIG_MODULES = (coop, plpp)
+_CONFIG_MODULES = (coop, cocoop, maple, plpp)
 
 
 def extend_cfg(cfg) -> None:

@@ -28,6 +28,31 @@ class TrainOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def check_clip_cfg(cfg, prec_key: str) -> None:
+    """Validate ``TRAINER.<prec_key>.PREC`` and a square ``INPUT.SIZE`` before anything is built."""
+    prec = cfg.TRAINER[prec_key].PREC
+    if prec not in PRECISIONS:
+        raise ValueError(f"TRAINER.{prec_key}.PREC '{prec}' is not valid; choose one of {', '.join(PRECISIONS)}")
+    size = tuple(cfg.INPUT.SIZE)
+    if len(size) != 2 or size[0] != size[1]:
+        raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
+
+
+def load_clip_for(cfg, prec_key: str, device: torch.device) -> tuple[Precision, nn.Module]:
+    """CLIP named by ``MODEL.BACKBONE.NAME``, cast for ``TRAINER.<prec_key>.PREC`` (still on the CPU).
+
+    Also checks that ``INPUT.SIZE`` matches the backbone's input resolution.
+    """
+    logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+    precision = Precision(cfg.TRAINER[prec_key].PREC, device, key=f"TRAINER.{prec_key}.PREC")
+    clip_model = precision.prepare(load_clip(cfg.MODEL.BACKBONE.NAME))
+    resolution = clip_model.visual.input_resolution
+    if cfg.INPUT.SIZE[0] != resolution:
+        raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
+                         f"{resolution}; set INPUT.SIZE ({resolution}, {resolution})")
+    return precision, clip_model
+
+
 class ClipPromptTrainer(TrainerX):
     """Base for CLIP prompt learners: the learner is the only registered (trained) model."""
 
@@ -39,12 +64,7 @@ class ClipPromptTrainer(TrainerX):
         return self.cfg.TRAINER[self.PREC_KEY]
 
     def check_cfg(self, cfg) -> None:
-        prec = cfg.TRAINER[self.PREC_KEY].PREC
-        if prec not in PRECISIONS:
-            raise ValueError(f"TRAINER.{self.PREC_KEY}.PREC '{prec}' is not valid; choose one of {', '.join(PRECISIONS)}")
-        size = tuple(cfg.INPUT.SIZE)
-        if len(size) != 2 or size[0] != size[1]:
-            raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
+        check_clip_cfg(cfg, self.PREC_KEY)
 
     def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         """Return the host model; it must have a ``prompt_learner`` submodule."""
@@ -53,13 +73,7 @@ class ClipPromptTrainer(TrainerX):
     def build_model(self) -> None:
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
-        logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        self.precision = Precision(self.method_cfg.PREC, self.device, key=f"TRAINER.{self.PREC_KEY}.PREC")
-        clip_model = self.precision.prepare(load_clip(cfg.MODEL.BACKBONE.NAME))
-        resolution = clip_model.visual.input_resolution
-        if cfg.INPUT.SIZE[0] != resolution:
-            raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
-                             f"{resolution}; set INPUT.SIZE ({resolution}, {resolution})")
+        self.precision, clip_model = load_clip_for(cfg, self.PREC_KEY, self.device)
         logger.info("Building custom CLIP")
         self.model = self.build_custom_clip(classnames, clip_model)
         learner = self.model.prompt_learner

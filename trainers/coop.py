@@ -55,6 +55,9 @@ class PromptLearner(nn.Module):
     ``ctx`` and a base-trained prompt loads for any other class set.
     """
 
+    #: ``(n_ctx, ctx_init, clip_model, n_copies) -> (ctx, prompt prefix text)``; hosts may swap it.
+    make_context = staticmethod(init_context)
+
     def __init__(self, coop_cfg, classnames: list[str], clip_model: nn.Module) -> None:
         super().__init__()
         position = coop_cfg.CLASS_TOKEN_POSITION
@@ -62,7 +65,8 @@ class PromptLearner(nn.Module):
             raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION '{position}' must be one of "
                              f"{', '.join(CLASS_TOKEN_POSITIONS)}")
         n_cls = len(classnames)
-        ctx, prefix = init_context(coop_cfg.N_CTX, coop_cfg.CTX_INIT, clip_model, n_cls if coop_cfg.CSC else None)
+        ctx, prefix = self.make_context(coop_cfg.N_CTX, coop_cfg.CTX_INIT, clip_model,
+                                        n_cls if coop_cfg.CSC else None)
         self.ctx = nn.Parameter(ctx)
         self.n_cls, self.n_ctx = n_cls, ctx.shape[-2]
         self.csc = bool(coop_cfg.CSC)
@@ -122,10 +126,12 @@ class PromptLearner(nn.Module):
 class CustomCLIP(nn.Module):
     """CLIP with a prompt learner on the text side: ``forward(image) -> logits [B, C]``."""
 
+    CFG_KEY = "COOP"  # the TRAINER.<KEY> block handed to the prompt learner
+
     def __init__(self, cfg, classnames: list[str], clip_model: nn.Module,
                  learner_cls: type[nn.Module] = PromptLearner) -> None:
         super().__init__()
-        self.prompt_learner = learner_cls(cfg.TRAINER.COOP, classnames, clip_model)
+        self.prompt_learner = learner_cls(cfg.TRAINER[self.CFG_KEY], classnames, clip_model)
         self.image_encoder = clip_model.visual
         self.text_encoder = TextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale

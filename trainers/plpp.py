@@ -3,7 +3,9 @@
 A host qualifies by giving two things: ``model.forward_with_states(image, shift)`` → ``(logits,
 ctx, states)`` (its prompt vectors and the text states aligned with them, from the same text pass
 as the logits) and ``model.token_embedding`` (CLIP's frozen vocabulary table, whose transpose is
-the training-free LM head). ``PLPP = PerplexityMixin + CoOp``.
+the training-free LM head). ``PLPP = PerplexityMixin + CoOp``; ``PLPP_CoCoOp`` and ``PLPP_MaPLe``
+take the same mixin on the other hosts (CoCoOp: per-image context ``[B, M, d]``; MaPLe: the
+first-layer text context ``[M, d]``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from plpp.engine.utils import logger
 from plpp.perplexity import nearest_words, perplexity_losses
 
 from .base import TrainOutput
+from .cocoop import CoCoOp
 from .coop import CoOp
+from .maple import MaPLe
 
 HIDDEN_CHOICES = ("before", "after")
 
@@ -110,3 +114,13 @@ class PerplexityMixin:
 @TRAINER_REGISTRY.register()
 class PLPP(PerplexityMixin, CoOp):
     """CoOp with the PLPP regularizer."""
+
+
+@TRAINER_REGISTRY.register()
+class PLPP_CoCoOp(PerplexityMixin, CoCoOp):
+    """CoCoOp with the PLPP regularizer (CoPLPP): one perplexity term per image's context."""
+
+
+@TRAINER_REGISTRY.register()
+class PLPP_MaPLe(PerplexityMixin, MaPLe):
+    """MaPLe with the PLPP regularizer on its first-layer text context."""

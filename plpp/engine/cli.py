@@ -46,9 +46,11 @@ def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
     return keys
 
 
-def _explain_key_error(cfg: CfgNode, exc: KeyError, source: str) -> ValueError:
+def _explain_key_error(cfg: CfgNode, exc: Exception, source: str) -> ValueError:
     text = str(exc.args[0]) if exc.args else str(exc)
-    key = text.split(":")[-1].strip().strip("'\"") if "Non-existent" in text else text
+    if "Non-existent" not in text:
+        return ValueError(f"{source}: {text}")
+    key = text.split(":")[-1].strip().strip("'\"")
     close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ValueError(f"Unknown config key '{key}' in {source}.{hint}")
@@ -59,7 +61,7 @@ def _merge_file(cfg: CfgNode, path: str, what: str) -> None:
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         cfg.merge_from_file(path)
-    except KeyError as exc:
+    except (KeyError, AssertionError) as exc:
         raise _explain_key_error(cfg, exc, path) from None
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
@@ -101,7 +103,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         raise ValueError(f"Trailing options must be KEY VALUE pairs; got an odd number: {' '.join(opts)}")
     try:
         cfg.merge_from_list(opts)
-    except KeyError as exc:
+    except (KeyError, AssertionError) as exc:
         raise _explain_key_error(cfg, exc, "the command-line options") from None
     except ValueError as exc:
         raise ValueError(f"Command-line options: {exc}") from None
@@ -112,19 +114,22 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
 def run(args: argparse.Namespace) -> None:
     import plpp.datasets  # noqa: F401  (registers the datasets)
     import plpp.trainers  # noqa: F401  (registers the trainers)
-    from plpp.engine import BACKEND, build_trainer, set_random_seed, setup_logger
+    from plpp.engine import BACKEND, DATASET_REGISTRY, TRAINER_REGISTRY, build_trainer, set_random_seed, setup_logger
     from plpp.engine.distributed import init_distributed, launched_with_torchrun
+    from plpp.engine.registry import unknown_name_message
     from plpp.engine.runinfo import check_resume_config, write_run_info
     from plpp.engine.utils import collect_env_info, logger, set_deterministic
 
     cfg = setup_cfg(args)
+    for kind, registry, name in (("trainer (--trainer)", TRAINER_REGISTRY, cfg.TRAINER.NAME),
+                                 ("dataset (DATASET.NAME)", DATASET_REGISTRY, cfg.DATASET.NAME)):
+        if name not in registry:
+            raise ValueError(unknown_name_message(kind, name, registry.registered_names()))
     if launched_with_torchrun():
         if BACKEND == "dassl":
             raise RuntimeError("Multi-process (torchrun) runs need the built-in engine: Dassl has no DDP "
                                "support. Set PLPP_ENGINE=builtin.")
         init_distributed(cfg.DISTRIBUTED.BACKEND)
-    if args.eval_only and not args.model_dir:
-        raise ValueError("--eval-only needs --model-dir (the output folder of a training run)")
     if not args.eval_only:
         check_resume_config(cfg, cfg.RESUME or cfg.OUTPUT_DIR)
     if cfg.SEED >= 0:
@@ -139,6 +144,9 @@ def run(args: argparse.Namespace) -> None:
     write_run_info(cfg, cfg.OUTPUT_DIR, BACKEND)
     trainer = build_trainer(cfg)
     if args.eval_only:
+        if not args.model_dir and trainer.get_model_names():  # trainers with no models (zero-shot) need none
+            raise ValueError(f"--eval-only needs --model-dir (the output folder of a training run) for trainer "
+                             f"{cfg.TRAINER.NAME}")
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
         return
@@ -155,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("PLPP_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        logging.getLogger("plpp").error(f"error: {message}")
-        if not logging.getLogger("plpp").handlers:
-            print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        for handler in logging.getLogger("plpp").handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.emit(logging.makeLogRecord({"msg": f"error: {message}", "levelno": logging.ERROR}))
         return 2
     return 0

@@ -6,7 +6,7 @@ import math
 import os.path as osp
 import random
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tabulate import tabulate

@@ -8,7 +8,7 @@ pickles its successor scheduler and passes ``verbose``, which torch ≥ 2.7 reje
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

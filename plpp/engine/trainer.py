@@ -203,7 +203,8 @@ class TrainerBase(CheckpointIO):
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
-        for self.epoch in range(self.start_epoch, self.max_epoch):
+        for epoch in range(self.start_epoch, self.max_epoch):
+            self.epoch = epoch
             self.before_epoch()
             self.run_epoch()
             self.after_epoch()
@@ -441,7 +442,8 @@ class TrainerX(SimpleTrainer):
         if self.num_batches == 0:
             raise ValueError("The training loader is empty: the training split has no images.")
         end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
+        for batch_idx, batch in enumerate(self.train_loader_x):
+            self.batch_idx = batch_idx
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)

@@ -1,0 +1,142 @@
+"""CoCoOp: CoOp's context plus a per-image bias from a small meta-net (conditional prompts).
+
+Each image ``x`` gets its own context ``ctx + π(x)``, so the text side runs over all classes once
+per image. That pass is batched over the images of a batch (``[B·C, 77, d]`` per text-encoder call,
+split into chunks of at most ``max_prompts_per_pass`` prompts) instead of CoCoOp's loop per image.
+The checkpoint holds ``ctx`` and the meta-net only: nothing depends on the class list.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from plpp.engine import TRAINER_REGISTRY
+
+from .base import ClipPromptTrainer
+from .coop import CustomCLIP, PromptLearner
+
+
+def add_config(cfg) -> None:
+    """Declare ``TRAINER.COCOOP`` (CoCoOp's keys and defaults)."""
+    from yacs.config import CfgNode as CN
+
+    if "COCOOP" in cfg.TRAINER:
+        return
+    cfg.TRAINER.COCOOP = CN()
+    cfg.TRAINER.COCOOP.N_CTX = 16  # number of context tokens
+    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (sets N_CTX to its length)
+    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+
+
+class ConditionalPromptLearner(PromptLearner):
+    """Shared context ``ctx`` [M, d] before the class name, plus a meta-net ``π``: image feature → bias.
+
+    ``π`` is Linear(D → D//16) – ReLU – Linear(D//16 → d), with D the image-feature width
+    (``text_projection.shape[1]``) and d the token width, both read from the model (512→32→512 for
+    ViT-B/16). Class-dependent token embeddings are non-persistent buffers (see ``PromptLearner``).
+    """
+
+    def __init__(self, cocoop_cfg, classnames: list[str], clip_model: nn.Module) -> None:
+        layout = SimpleNamespace(N_CTX=cocoop_cfg.N_CTX, CTX_INIT=cocoop_cfg.CTX_INIT, CSC=False,
+                                 CLASS_TOKEN_POSITION="end")
+        super().__init__(layout, classnames, clip_model)
+        feature_dim = clip_model.text_projection.shape[1]
+        width = self.ctx.shape[-1]
+        hidden = max(1, feature_dim // 16)
+        self.meta_net = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(feature_dim, hidden)),
+            ("relu", nn.ReLU(inplace=True)),
+            ("linear2", nn.Linear(hidden, width)),
+        ]))
+
+    def conditional_context(self, image_features: torch.Tensor) -> torch.Tensor:
+        """``ctx + π(x)``: normalised image features ``[B, D]`` → per-image context ``[B, M, d]`` (fp32)."""
+        bias = self.meta_net(image_features.to(self.ctx.dtype))  # [B, d]
+        return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
+
+    def conditional_prompts(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings ``[B, C, L, d]`` for per-image contexts ``ctx`` [B, M, d]."""
+        b, c = ctx.shape[0], self.n_cls
+        ctx = ctx.unsqueeze(1).expand(b, c, -1, -1)
+        prefix = self.token_prefix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)
+        suffix = self.token_suffix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)
+        return torch.cat([prefix, ctx, suffix], dim=2)
+
+
+class CoCoOpCLIP(CustomCLIP):
+    """CLIP with conditional prompts: ``forward(image [B, 3, H, W]) -> logits [B, C]`` in every mode."""
+
+    CFG_KEY = "COCOOP"
+    #: Most prompts (images × classes) in one text-encoder call; bounds evaluation memory.
+    max_prompts_per_pass: int = 4096
+
+    def __init__(self, cfg, classnames: list[str], clip_model: nn.Module) -> None:
+        super().__init__(cfg, classnames, clip_model, learner_cls=ConditionalPromptLearner)
+
+    def encode_text(self, return_states: bool = False):
+        raise RuntimeError("CoCoOp's class prompts depend on the image: use encode_conditional_text(ctx)")
+
+    def cache_text_features(self) -> None:
+        """No-op: the text features depend on each test image, so there is nothing to cache."""
+
+    def encode_conditional_text(self, ctx: torch.Tensor, return_states: bool = False):
+        """Text features of every class for each per-image context, batched over the images.
+
+        Args:
+            ctx: ``[B, M, d]`` per-image contexts (``conditional_context``).
+            return_states: also return the token states of the first class's prompt of each image.
+
+        Returns:
+            ``(features [B, C, D] (L2-normalised), states [B, L, d] or None)``. With the class name
+            after the context and a causal text transformer, the states at the context positions
+            are the same for every class, so class 0's stand for all.
+        """
+        learner = self.prompt_learner
+        n_cls = learner.n_cls
+        step = max(1, self.max_prompts_per_pass // n_cls)
+        features, states = [], []
+        for start in range(0, ctx.shape[0], step):
+            chunk = ctx[start : start + step]
+            b = chunk.shape[0]
+            prompts = learner.conditional_prompts(chunk).flatten(0, 1)  # [b*C, L, d]
+            tokenized = learner.tokenized_prompts.repeat(b, 1)
+            feats, token_states = self.text_encoder(prompts, tokenized, return_states)
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            features.append(feats.view(b, n_cls, -1))
+            if return_states:
+                states.append(token_states.view(b, n_cls, *token_states.shape[1:])[:, 0])
+        return torch.cat(features), (torch.cat(states) if return_states else None)
+
+    def conditional_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` of image ``b`` against its own class features ``text_features[b]`` [C, D]."""
+        return self.logit_scale.exp() * torch.einsum("bd,bcd->bc", image_features, text_features)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        image_features = self.encode_image(image)
+        text, _ = self.encode_conditional_text(self.prompt_learner.conditional_context(image_features))
+        return self.conditional_logits(image_features, text)
+
+    def forward_with_states(self, image: torch.Tensor, shift: bool = False):
+        """Logits ``[B, C]``, per-image contexts ``[B, M, d]`` and their states ``[B, M, d]`` (one text pass).
+
+        With ``shift`` the state before each context token is used (next-token view).
+        """
+        image_features = self.encode_image(image)
+        ctx = self.prompt_learner.conditional_context(image_features)
+        text, states = self.encode_conditional_text(ctx, return_states=True)
+        pos = self.prompt_learner.ctx_positions[0] - (1 if shift else 0)
+        return self.conditional_logits(image_features, text), ctx, states[:, pos]
+
+
+@TRAINER_REGISTRY.register()
+class CoCoOp(ClipPromptTrainer):
+    """Conditional Context Optimization (CoCoOp) on CLIP; the loss is cross-entropy only."""
+
+    PREC_KEY = "COCOOP"
+
+    def build_custom_clip(self, classnames, clip_model):
+        return CoCoOpCLIP(self.cfg, classnames, clip_model)
