@@ -71,17 +71,20 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def resolve_weights(name: str) -> str:
-    """The local file for ``MODEL.BACKBONE.NAME``: an existing path, or an OpenAI name (cached/downloaded)."""
+def resolve_weights(name: str, setting: str = "MODEL.BACKBONE.NAME") -> str:
+    """The local file for ``MODEL.BACKBONE.NAME``: an existing path, or an OpenAI name (cached/downloaded).
+
+    ``setting`` is how messages call the value (e.g. ``BACKBONE`` for the demo script's variable).
+    """
     if not name:
-        raise ClipWeightsError("MODEL.BACKBONE.NAME is empty: set it to a CLIP name (e.g. ViT-B/16) or a .pt file")
+        raise ClipWeightsError(f"{setting} is empty: set it to a CLIP name (e.g. ViT-B/16) or a .pt file")
     expanded = osp.expanduser(name)
     if osp.isfile(expanded):
         return expanded
     models = clip_models()
     if name not in models:
         raise ClipWeightsError(
-            f"MODEL.BACKBONE.NAME '{name}' is neither an existing file nor a CLIP model name. "
+            f"{setting} '{name}' is neither an existing file nor a CLIP model name. "
             f"Use one of {', '.join(models)} or a path to a local .pt file.")
     url = models[name]
     root = clip_cache_dir()
@@ -96,7 +99,7 @@ def resolve_weights(name: str) -> str:
         raise ClipWeightsError(
             f"CLIP weights for '{name}' are not available: {target} {problem}, and downloading {url} failed "
             f"({type(exc).__name__}: {exc}). Download that file on a machine with internet access and copy it "
-            f"to {target} (or set PLPP_CLIP_CACHE to its folder), or set MODEL.BACKBONE.NAME to a local .pt "
+            f"to {target} (or set PLPP_CLIP_CACHE to its folder), or set {setting} to a local .pt "
             "file (TorchScript archive or state dict).") from None
 
 

@@ -72,18 +72,22 @@ def _check_embedding(embedding: torch.Tensor) -> None:
 def _chunk_losses(
     p: torch.Tensor,
     h: torch.Tensor,
-    e_unit: torch.Tensor,
     e: torch.Tensor,
+    e_inv_norm: torch.Tensor,
     k: int,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row losses for one chunk of rows.
 
+    The full ``[n, V]`` cosine matrix only selects the label set (no gradient); the similarities
+    that carry gradient are recomputed on the ``k`` selected words alone, so the backward pass of
+    the cosine branch costs ``O(n·k·d)`` instead of ``O(n·V·d)``.
+
     Args:
         p: ``[n, d]`` fp32 prompt vectors (not normalized).
         h: ``[n, d]`` fp32 text-encoder states at the same positions.
-        e_unit: ``[V, d]`` fp32 row-normalized embedding (for cosine similarity).
         e: ``[V, d]`` fp32 embedding (the LM head is ``e.T``).
+        e_inv_norm: ``[V]`` fp32 inverse row norms of ``e`` (cosine similarity without a normalized copy).
         k: size of the label set per row.
         temperature: softmax temperature of the teacher.
 
@@ -92,9 +96,12 @@ def _chunk_losses(
         detached (it only feeds the logged perplexity).
     """
     p_unit = F.normalize(p, dim=-1, eps=_COS_EPS)
-    sim = p_unit @ e_unit.T  # [n, V] cosine similarities
-    top_sim, top_idx = sim.topk(k, dim=-1, largest=True, sorted=True)  # [n, k], column 0 = argmax
-    del sim
+    with torch.no_grad():
+        sim = (p_unit @ e.T).mul_(e_inv_norm)  # [n, V] cosine similarities, for selection only
+        top_idx = sim.topk(k, dim=-1, largest=True, sorted=True).indices  # [n, k], column 0 = argmax
+        del sim
+    e_k = e[top_idx]  # [n, k, d] the selected words
+    top_sim = torch.einsum("nd,nkd->nk", p_unit, e_k) * e_inv_norm[top_idx]  # cosine on K_i, with grad
 
     logits = h @ e.T  # [n, V] LM-head logits
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [n, 1]
@@ -185,10 +192,11 @@ def perplexity_losses(
     p = prompts.reshape(-1, dim).float()  # [N, d]
     h = hidden.reshape(-1, dim).float()  # [N, d]
     e = embedding.float()  # [V, d]
-    e_unit = F.normalize(e, dim=-1, eps=_COS_EPS)  # once, outside the chunk loop; a function of e
+    e_inv_norm = e.norm(dim=-1).clamp_min(_COS_EPS).reciprocal()  # [V], once; a function of e
     n_rows = p.shape[0]
 
-    use_ckpt = torch.is_grad_enabled() and (
+    # Recomputing in backward bounds memory by one chunk; a single chunk has nothing to bound.
+    use_ckpt = n_rows > chunk and torch.is_grad_enabled() and (
         prompts.requires_grad or hidden.requires_grad or embedding.requires_grad
     )
 
@@ -200,10 +208,10 @@ def perplexity_losses(
         h_c = h[start : start + chunk]
         if use_ckpt:
             ppl_r, ippl_r, ce_r = checkpoint(
-                _chunk_losses, p_c, h_c, e_unit, e, k, tau, use_reentrant=False, preserve_rng_state=False
+                _chunk_losses, p_c, h_c, e, e_inv_norm, k, tau, use_reentrant=False, preserve_rng_state=False
             )
         else:
-            ppl_r, ippl_r, ce_r = _chunk_losses(p_c, h_c, e_unit, e, k, tau)
+            ppl_r, ippl_r, ce_r = _chunk_losses(p_c, h_c, e, e_inv_norm, k, tau)
         ppl_sum = ppl_sum + ppl_r.sum()
         ippl_sum = ippl_sum + ippl_r.sum()
         ce_sum = ce_sum + ce_r.sum()

@@ -77,13 +77,14 @@ class CoCoOpCLIP(CustomCLIP):
     def __init__(self, cfg, classnames: list[str], clip_model: nn.Module) -> None:
         super().__init__(cfg, classnames, clip_model, learner_cls=ConditionalPromptLearner)
 
-    def encode_text(self, return_states: bool = False):
+    def encode_text(self, return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise RuntimeError("CoCoOp's class prompts depend on the image: use encode_conditional_text(ctx)")
 
     def cache_text_features(self) -> None:
         """No-op: the text features depend on each test image, so there is nothing to cache."""
 
-    def encode_conditional_text(self, ctx: torch.Tensor, return_states: bool = False):
+    def encode_conditional_text(self, ctx: torch.Tensor,
+                                return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text features of every class for each per-image context, batched over the images.
 
         Args:
@@ -120,7 +121,8 @@ class CoCoOpCLIP(CustomCLIP):
         text, _ = self.encode_conditional_text(self.prompt_learner.conditional_context(image_features))
         return self.conditional_logits(image_features, text)
 
-    def forward_with_states(self, image: torch.Tensor, shift: bool = False):
+    def forward_with_states(self, image: torch.Tensor,
+                            shift: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits ``[B, C]``, per-image contexts ``[B, M, d]`` and their states ``[B, M, d]`` (one text pass).
 
         With ``shift`` the state before each context token is used (next-token view).
@@ -138,5 +140,5 @@ class CoCoOp(ClipPromptTrainer):
 
     PREC_KEY = "COCOOP"
 
-    def build_custom_clip(self, classnames, clip_model):
+    def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         return CoCoOpCLIP(self.cfg, classnames, clip_model)

@@ -115,7 +115,7 @@ class MaPLeCLIP(CustomCLIP):
         feats = encode_image_with_prompts(self.image_encoder, image, first, deep)
         return feats / feats.norm(dim=-1, keepdim=True)
 
-    def encode_text(self, return_states: bool = False):
+    def encode_text(self, return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class features ``[C, D]`` (normalised) and, optionally, token states ``[C, L, d]``."""
         learner = self.prompt_learner
         between = deep_prompt_hook(list(learner.deep_text_prompts), start=1)
@@ -136,5 +136,5 @@ class MaPLe(ClipPromptTrainer):
         if cfg.TRAINER.MAPLE.PROMPT_DEPTH < 1:
             raise ValueError(f"TRAINER.MAPLE.PROMPT_DEPTH must be at least 1, got {cfg.TRAINER.MAPLE.PROMPT_DEPTH}")
 
-    def build_custom_clip(self, classnames, clip_model):
+    def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         return MaPLeCLIP(self.cfg, classnames, clip_model)

@@ -133,6 +133,8 @@ def add_engine_keys(cfg: CN) -> CN:
     cfg.defrost()
     if "SUBSAMPLE_CLASSES" not in cfg.DATASET:
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new (base-to-new protocol)
+    if "TEST_PER_CLASS" not in cfg.DATASET:
+        cfg.DATASET.TEST_PER_CLASS = -1  # > 0: evaluate on the first N test images of each class (quick runs)
     if "DETERMINISTIC" not in cfg:
         cfg.DETERMINISTIC = False  # torch deterministic algorithms, no cudnn benchmark
     if "DISTRIBUTED" not in cfg:

@@ -267,6 +267,20 @@ def build_data_loader(cfg, data_source, batch_size: int, tfm=None, is_train: boo
     )
 
 
+def first_per_class(items: Sequence[Datum], n: int) -> list[Datum]:
+    """The first ``n`` items of each label in list order (all when ``n <= 0``): a fixed, quick test subset."""
+    if n <= 0:
+        return list(items)
+    seen: dict[int, int] = defaultdict(int)
+    out = []
+    for item in items:
+        if seen[item.label] < n:
+            seen[item.label] += 1
+            out.append(item)
+    logger.info(f"Evaluating on the first {n} test images per class (DATASET.TEST_PER_CLASS): {len(out):,} images")
+    return out
+
+
 def build_dataset(cfg) -> DatasetBase:
     name = cfg.DATASET.NAME
     if name not in DATASET_REGISTRY:
@@ -291,11 +305,12 @@ class DataManager:
             self.train_loader_u = build_data_loader(cfg, dataset.train_u, cfg.DATALOADER.TRAIN_U.BATCH_SIZE,
                                                     tfm=tfm_train, is_train=True, dataset_wrapper=dataset_wrapper)
         bs_test = cfg.DATALOADER.TEST.BATCH_SIZE
+        test_items = first_per_class(dataset.test, cfg.DATASET.TEST_PER_CLASS)
         self.val_loader = None
         if dataset.val:
             self.val_loader = build_data_loader(cfg, dataset.val, bs_test, tfm=tfm_test, is_train=False,
                                                 dataset_wrapper=dataset_wrapper)
-        self.test_loader = build_data_loader(cfg, dataset.test, bs_test, tfm=tfm_test, is_train=False,
+        self.test_loader = build_data_loader(cfg, test_items, bs_test, tfm=tfm_test, is_train=False,
                                              dataset_wrapper=dataset_wrapper)
         self._num_classes = dataset.num_classes
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
@@ -331,5 +346,5 @@ class DataManager:
             rows.append(["# train_u", f"{len(ds.train_u):,}"])
         if ds.val:
             rows.append(["# val", f"{len(ds.val):,}"])
-        rows.append(["# test", f"{len(ds.test):,}"])
+        rows.append(["# test", f"{len(self.test_loader.dataset):,}"])
         logger.info(tabulate(rows))
