@@ -103,3 +103,14 @@ def test_missing_clip_weights_stop_before_training(tmp_path, data_root):
     assert res.returncode == 2
     assert "absent.pt" in res.stderr and "Traceback" not in res.stderr
     assert not list(out.glob("*/model.pth.tar-*"))
+
+
+def test_plpp_with_zero_weights_is_coop(tmp_path, data_root, tiny_clip_file):
+    ctxs = []
+    for trainer, extra in (("CoOp", ()), ("PLPP", ("TRAINER.PLPP.PPL_WEIGHT", "0.0", "TRAINER.PLPP.IPPL_WEIGHT", "0.0"))):
+        out = tmp_path / trainer
+        res = run_train(common(data_root, tiny_clip_file, out, trainer=trainer, epochs=1,
+                               extra=("TRAINER.COOP.N_CTX", "4", *extra)))
+        assert res.returncode == 0, res.stderr[-3000:]
+        ctxs.append(torch.load(out / "prompt_learner" / "model.pth.tar-1", weights_only=True)["state_dict"]["ctx"])
+    assert torch.equal(ctxs[0], ctxs[1])
