@@ -133,11 +133,21 @@ def load_clip(name: str) -> nn.Module:
     return model.float().eval()
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 autocast runs: CUDA devices with native bf16 (Ampere on), and other autocast devices (CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.amp.is_autocast_available(device.type)
+
+
 class Precision:
     """How a CLIP model runs: ``fp32``, ``fp16`` (weights in half, fp32 prompt parameters), ``amp`` or ``bf16``.
 
-    ``fp16`` and ``amp`` fall back to fp32 on the CPU (half kernels there are slow or missing), with
-    one log line saying so. ``bf16`` uses autocast on any device that supports it.
+    ``fp16`` and ``amp`` fall back to fp32 on the CPU (half kernels there are slow or missing), and
+    ``bf16`` falls back to fp32 on a device without bf16 support, each with one log line saying so.
+    In ``fp16`` the prompt parameters stay fp32 master copies (the hosts create them after ``prepare``
+    and cast them in the forward pass), so the optimizer and its state work in fp32.
     """
 
     def __init__(self, prec: str, device: torch.device, key: str = "PREC") -> None:
@@ -147,6 +157,9 @@ class Precision:
         self.device = torch.device(device)
         if self.device.type != "cuda" and prec in ("fp16", "amp"):
             logger.info(f"Note: {key} {prec} needs CUDA; running in fp32 on {self.device.type}")
+            prec = "fp32"
+        if prec == "bf16" and not bf16_supported(self.device):
+            logger.info(f"Note: {key} bf16 is not supported on {self.device}; running in fp32")
             prec = "fp32"
         self.mode = prec
 
@@ -189,11 +202,18 @@ def decode_tokens(ids: list[int]) -> list[str]:
 
 def run_blocks(x: torch.Tensor, blocks: nn.ModuleList | nn.Sequential, use_checkpoint: bool = False,
                between: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Run transformer blocks on ``x`` [L, N, d]; ``between(i, x)`` may edit ``x`` before block ``i``."""
+    """Run transformer blocks on ``x`` [L, N, d]; ``between(i, x)`` may edit ``x`` before block ``i``.
+
+    With ``use_checkpoint`` (while autograd records), every block but the last keeps only its input
+    and recomputes its activations in the backward pass: activation memory drops from all blocks' to
+    one block's, for one more forward pass of those blocks. The last block is never checkpointed: the
+    backward needs its activations first, so recomputing them would cost time and save nothing.
+    """
+    last = len(blocks) - 1
     for i, block in enumerate(blocks):
         if between is not None:
             x = between(i, x)
-        if use_checkpoint and torch.is_grad_enabled() and x.requires_grad:
+        if use_checkpoint and i < last and torch.is_grad_enabled() and x.requires_grad:
             x = checkpoint(block, x, use_reentrant=False)
         else:
             x = block(x)

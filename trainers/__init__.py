@@ -1,6 +1,12 @@
-"""CLIP prompt-learning trainers; importing this package registers them with the engine."""
+"""CLIP prompt-learning trainers; importing this package registers them with the engine.
+
+On real Dassl the import also declares the ``TRAINER.<NAME>`` blocks (absent ones only) in Dassl's
+default config, so a Dassl checkout's own ``train.py`` accepts them (see docs/INTEGRATION.md).
+"""
 
 from __future__ import annotations
+
+from plpp.engine import declare_default_keys
 
 from . import cocoop, coop, maple, plpp, zsclip  # noqa: F401  (zsclip: registration only)
 
@@ -12,5 +18,7 @@ def extend_cfg(cfg) -> None:
     for module in _CONFIG_MODULES:
         module.add_config(cfg)
 
+
+declare_default_keys(extend_cfg)
 
 __all__ = ["extend_cfg"]

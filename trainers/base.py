@@ -18,6 +18,30 @@ from plpp.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_a
 from plpp.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_checked
 from plpp.engine.utils import logger
 
+TEXT_CHECKPOINT_CHOICES = ("auto", "always", "never")
+#: ``TEXT_CHECKPOINT auto`` checkpoints the text encoder from this many prompt tokens per training step
+#: (prompts × context length). Unchecked, ViT-B/16's text tower keeps about 0.37 MB of fp32 activations per
+#: token (benchmarks/memory.py): ≈6 GB at this many tokens (213 classes of 77), ≈28 GB at 1000 classes.
+TEXT_CHECKPOINT_AUTO_TOKENS = 16_384
+
+
+def decide_text_checkpoint(setting: str, n_prompts: int, n_tokens: int,
+                           key: str = "TEXT_CHECKPOINT") -> tuple[bool, str]:
+    """Whether to checkpoint the text encoder's activations, and the reason (for the log).
+
+    ``n_prompts`` prompts of ``n_tokens`` tokens go through the text encoder with autograd in one step
+    (the classes for CoOp/MaPLe, images × classes for CoCoOp). ``auto`` turns checkpointing on from
+    ``TEXT_CHECKPOINT_AUTO_TOKENS`` prompt tokens.
+    """
+    if setting not in TEXT_CHECKPOINT_CHOICES:
+        raise ValueError(f"{key} '{setting}' is not valid; choose one of {', '.join(TEXT_CHECKPOINT_CHOICES)}")
+    if setting != "auto":
+        return setting == "always", f"{key} {setting}"
+    total = n_prompts * n_tokens
+    on = total >= TEXT_CHECKPOINT_AUTO_TOKENS
+    return on, (f"{key} auto: {n_prompts:,} prompts × {n_tokens} tokens = {total:,} per step, "
+                f"{'≥' if on else '<'} {TEXT_CHECKPOINT_AUTO_TOKENS:,}")
+
 
 @dataclass
 class TrainOutput:
@@ -29,10 +53,14 @@ class TrainOutput:
 
 
 def check_clip_cfg(cfg, prec_key: str) -> None:
-    """Validate ``TRAINER.<prec_key>.PREC`` and a square ``INPUT.SIZE`` before anything is built."""
+    """Validate ``TRAINER.<prec_key>.PREC`` (and ``TEXT_CHECKPOINT``) and a square ``INPUT.SIZE``."""
     prec = cfg.TRAINER[prec_key].PREC
     if prec not in PRECISIONS:
         raise ValueError(f"TRAINER.{prec_key}.PREC '{prec}' is not valid; choose one of {', '.join(PRECISIONS)}")
+    setting = cfg.TRAINER[prec_key].TEXT_CHECKPOINT
+    if setting not in TEXT_CHECKPOINT_CHOICES:
+        raise ValueError(f"TRAINER.{prec_key}.TEXT_CHECKPOINT '{setting}' is not valid; choose one of "
+                         f"{', '.join(TEXT_CHECKPOINT_CHOICES)}")
     size = tuple(cfg.INPUT.SIZE)
     if len(size) != 2 or size[0] != size[1]:
         raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
@@ -76,6 +104,11 @@ class ClipPromptTrainer(TrainerX):
         self.precision, clip_model = load_clip_for(cfg, self.PREC_KEY, self.device)
         logger.info("Building custom CLIP")
         self.model = self.build_custom_clip(classnames, clip_model)
+        self.configure_text_checkpoint()
+        if cfg.get("DISTRIBUTED", {}).get("SHARD_CLASSES", False):  # torchrun: each rank encodes a class slice
+            from .sharding import shard_text_encoder
+
+            shard_text_encoder(self.model)
         learner = self.model.prompt_learner
         for name, param in self.model.named_parameters():
             param.requires_grad_(name.startswith("prompt_learner."))
@@ -88,6 +121,15 @@ class ClipPromptTrainer(TrainerX):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.LEARNER_NAME, learner, self.optim, self.sched)
         self.scaler = self.precision.grad_scaler()
+
+    def configure_text_checkpoint(self) -> None:
+        """Turn activation checkpointing of the text encoder on or off (``TRAINER.<KEY>.TEXT_CHECKPOINT``)."""
+        key = f"TRAINER.{self.PREC_KEY}.TEXT_CHECKPOINT"
+        n_prompts = self.model.text_prompts_per_step(self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
+        n_tokens = self.model.prompt_learner.tokenized_prompts.shape[1]
+        on, reason = decide_text_checkpoint(self.method_cfg.TEXT_CHECKPOINT, n_prompts, n_tokens, key)
+        self.model.text_encoder.use_checkpoint = on
+        logger.info(f"Text encoder activation checkpointing: {'on' if on else 'off'} ({reason})")
 
     @staticmethod
     def load_init_weights(module: nn.Module, path: str) -> None:

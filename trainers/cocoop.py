@@ -30,6 +30,7 @@ def add_config(cfg) -> None:
     cfg.TRAINER.COCOOP.N_CTX = 16  # number of context tokens
     cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (sets N_CTX to its length)
     cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.COCOOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
 
 
 class ConditionalPromptLearner(PromptLearner):
@@ -82,6 +83,10 @@ class CoCoOpCLIP(CustomCLIP):
 
     def cache_text_features(self) -> None:
         """No-op: the text features depend on each test image, so there is nothing to cache."""
+
+    def text_prompts_per_step(self, batch_size: int) -> int:
+        """Prompts the text encoder runs with autograd in one training step: every class for every image."""
+        return batch_size * self.prompt_learner.n_cls
 
     def encode_conditional_text(self, ctx: torch.Tensor,
                                 return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

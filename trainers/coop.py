@@ -25,6 +25,7 @@ def add_config(cfg) -> None:
     cfg.TRAINER.COOP.CSC = False  # class-specific context
     cfg.TRAINER.COOP.CTX_INIT = ""  # initialise the context from this text (sets N_CTX to its length)
     cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.COOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle or front
 
 
@@ -137,6 +138,7 @@ class CustomCLIP(nn.Module):
         self.logit_scale = clip_model.logit_scale
         self.token_embedding = clip_model.token_embedding
         self._text_cache: torch.Tensor | None = None
+        self._text_cache_key: tuple = ()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -154,16 +156,35 @@ class CustomCLIP(nn.Module):
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale.exp() * image_features @ text_features.t()
 
+    def text_prompts_per_step(self, batch_size: int) -> int:
+        """Prompts the text encoder runs with autograd in one training step: one per class."""
+        return self.prompt_learner.n_cls
+
+    def _prompt_state(self) -> tuple:
+        """What the class prompts depend on: the prompt learner's tensors (storage and in-place version)."""
+        learner = self.prompt_learner
+        return tuple((t.data_ptr(), t._version) for t in (*learner.parameters(), *learner.buffers()))
+
     @torch.no_grad()
     def cache_text_features(self) -> None:
-        """Encode the class prompts once for evaluation; cleared when training resumes."""
+        """Encode the class prompts once for evaluation (``[C, D]``, normalised); cleared when training resumes."""
         self._text_cache = self.encode_text()[0]
+        self._text_cache_key = self._prompt_state()
 
     def clear_text_cache(self) -> None:
         self._text_cache = None
+        self._text_cache_key = ()
+
+    def cached_text_features(self) -> torch.Tensor | None:
+        """The evaluation cache, when autograd is off; re-encoded if the prompt parameters changed since."""
+        if self._text_cache is None or torch.is_grad_enabled():
+            return None
+        if self._text_cache_key != self._prompt_state():  # e.g. weights loaded or a step taken after caching
+            self.cache_text_features()
+        return self._text_cache
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        text = self._text_cache if (self._text_cache is not None and not torch.is_grad_enabled()) else None
+        text = self.cached_text_features()
         if text is None:
             text = self.encode_text()[0]
         return self.logits(self.encode_image(image), text)

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     import plpp.datasets  # noqa: F401  (registers the datasets)
     import plpp.trainers  # noqa: F401  (registers the trainers)
     from plpp.engine import BACKEND, DATASET_REGISTRY, TRAINER_REGISTRY, build_trainer, set_random_seed, setup_logger
-    from plpp.engine.distributed import init_distributed, launched_with_torchrun
+    from plpp.engine.distributed import init_distributed, is_dist, launched_with_torchrun, shared_random_seed
     from plpp.engine.registry import unknown_name_message
     from plpp.engine.runinfo import check_resume_config, write_run_info
     from plpp.engine.utils import collect_env_info, logger, set_deterministic
@@ -135,6 +135,8 @@ def run(args: argparse.Namespace) -> None:
     if cfg.SEED >= 0:
         logger.debug(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
+    elif is_dist():  # unseeded, but every rank must draw the same few-shot subset and initial prompt
+        set_random_seed(shared_random_seed())
     if cfg.DETERMINISTIC:
         set_deterministic(True)
     setup_logger(cfg.OUTPUT_DIR)
@@ -156,6 +158,8 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn user mistakes into one clear message with a non-zero exit code."""
+    from plpp.engine.distributed import cleanup_distributed
+
     args = get_parser().parse_args(argv)
     try:
         run(args)
@@ -166,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         for handler in logging.getLogger("plpp").handlers:
             if isinstance(handler, logging.FileHandler):
-                handler.emit(logging.makeLogRecord({"msg": f"error: {message}", "levelno": logging.ERROR}))
+                handler.handle(logging.makeLogRecord({"msg": f"error: {message}", "levelno": logging.ERROR}))
         return 2
+    finally:
+        cleanup_distributed()
     return 0

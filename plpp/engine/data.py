@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from .distributed import get_rank, get_world_size, is_dist
+from .distributed import ShardSampler, get_rank, get_world_size, is_dist, main_process_first, shared_random_seed
 from .registry import DATASET_REGISTRY, unknown_name_message
 from .utils import logger, read_image
 
@@ -240,23 +240,28 @@ def build_data_loader(cfg, data_source, batch_size: int, tfm=None, is_train: boo
     """A loader over ``data_source``: random order for training, sequential for testing.
 
     In a multi-process run the training set is split over ranks (``DistributedSampler``) and
-    ``batch_size`` is the global batch, divided evenly between ranks.
+    ``batch_size`` is the global batch, divided evenly between ranks. An evaluation set is split
+    into contiguous blocks without padding (``ShardSampler``), each rank taking batches of
+    ``batch_size`` from its block; the evaluator gathers the predictions in rank order.
     """
     wrapper = (dataset_wrapper or DatasetWrapper)(cfg, data_source, transform=tfm, is_train=is_train)
     generator = torch.Generator()
     generator.manual_seed(cfg.SEED if cfg.SEED >= 0 else torch.seed() % (2**63))
     world = get_world_size()
+    if is_train and sampler_type not in (None, "RandomSampler"):
+        raise ValueError(f"Sampler '{sampler_type}' is not supported by the built-in engine; use RandomSampler")
     if is_train and is_dist():
         if batch_size % world:
             raise ValueError(f"DATALOADER.TRAIN_X.BATCH_SIZE={batch_size} must be divisible by the number "
                              f"of processes ({world})")
         batch_size //= world
-        sampler = DistributedSampler(wrapper, num_replicas=world, rank=get_rank(), shuffle=True,
-                                     seed=max(cfg.SEED, 0), drop_last=True)
+        seed = cfg.SEED if cfg.SEED >= 0 else shared_random_seed()  # the same permutation on every rank
+        sampler = DistributedSampler(wrapper, num_replicas=world, rank=get_rank(), shuffle=True, seed=seed,
+                                     drop_last=True)
     elif is_train:
-        if sampler_type not in (None, "RandomSampler"):
-            raise ValueError(f"Sampler '{sampler_type}' is not supported by the built-in engine; use RandomSampler")
         sampler = RandomSampler(wrapper, generator=generator)
+    elif is_dist():
+        sampler = ShardSampler(wrapper)
     else:
         sampler = SequentialSampler(wrapper)
     return DataLoader(
@@ -293,7 +298,8 @@ class DataManager:
     """Builds the dataset, its transforms and loaders, and prints a summary table."""
 
     def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None) -> None:
-        dataset = build_dataset(cfg)
+        with main_process_first():  # rank 0 writes images/few-shot caches once; the others then read them
+            dataset = build_dataset(cfg)
         tfm_train = custom_tfm_train if custom_tfm_train is not None else build_transform(cfg, is_train=True)
         tfm_test = custom_tfm_test if custom_tfm_test is not None else build_transform(cfg, is_train=False)
         bs_train = cfg.DATALOADER.TRAIN_X.BATCH_SIZE

@@ -38,6 +38,7 @@ class Classification:
         self._total = 0
         self._y_true: list[int] = []
         self._y_pred: list[int] = []
+        self._gathered = False
 
     def process(self, mo: torch.Tensor, gt: torch.Tensor) -> None:
         """Add a batch: ``mo`` [B, C] logits, ``gt`` [B] labels."""
@@ -48,13 +49,19 @@ class Classification:
         self._y_pred.extend(pred.cpu().tolist())
 
     def gather(self) -> None:
-        """In a multi-process run, collect every rank's predictions (evaluation is sharded)."""
-        if not is_dist():
+        """In a multi-process run, collect every rank's predictions on every rank (evaluation is sharded).
+
+        Each rank evaluated a contiguous block of the split (``ShardSampler``: no padding, no
+        duplicates), so concatenating in rank order restores the sequential order and every metric,
+        per-class results included, equals a 1-process evaluation. Calling it twice is harmless.
+        """
+        if not is_dist() or self._gathered:
             return
         import torch.distributed as dist
 
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, (self._y_true, self._y_pred))
+        self._gathered = True
         self._y_true = [y for p in parts for y in p[0]]
         self._y_pred = [y for p in parts for y in p[1]]
         self._total = len(self._y_true)

@@ -31,7 +31,14 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import DataManager
-from .distributed import all_reduce_gradients, is_main_process
+from .distributed import (
+    all_reduce_gradients,
+    average_over_ranks,
+    barrier,
+    broadcast_parameters,
+    get_rank,
+    is_main_process,
+)
 from .evaluator import build_evaluator
 from .registry import TRAINER_REGISTRY, unknown_name_message
 from .utils import AverageMeter, MetricMeter, logger, set_random_seed, write_json, write_text_atomic
@@ -291,6 +298,7 @@ class SimpleTrainer(TrainerBase):
         self.trained_this_run = False
         self.build_data_loader()
         self.build_model()
+        broadcast_parameters(p for m in self._models.values() for p in m.parameters())  # DDP: rank 0's init
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -float("inf")
 
@@ -347,6 +355,7 @@ class SimpleTrainer(TrainerBase):
         if not self.cfg.TEST.NO_TEST:
             if self.cfg.TEST.FINAL_MODEL == "best_val":
                 logger.info("Deploy the model with the best val performance")
+                barrier()  # DDP: rank 0 has written model-best before any rank reads it
                 self.load_model(self.output_dir)
             else:
                 logger.info("Deploy the last-epoch model")
@@ -423,15 +432,20 @@ class TrainerX(SimpleTrainer):
     """A trainer for labelled data: one pass over ``train_loader_x`` per epoch."""
 
     def before_epoch(self) -> None:
-        """Seed this epoch from (SEED, epoch) so a resumed run repeats the same batches and crops."""
+        """Seed this epoch from (SEED, epoch) so a resumed run repeats the same batches and crops.
+
+        In a multi-process run every rank gets the same global seed (same model-side randomness),
+        the loader workers a per-rank one (their own augmentation draws), and the distributed
+        sampler its epoch (a new split of the data over ranks each epoch).
+        """
+        loader = self.train_loader_x
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(self.epoch)
         if self.cfg.SEED >= 0:
             seed = epoch_seed(self.cfg.SEED, self.epoch)
             set_random_seed(seed)
-            loader = self.train_loader_x
             if loader.generator is not None:
-                loader.generator.manual_seed(seed)
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(self.epoch)
+                loader.generator.manual_seed(seed + (get_rank() << 48))
 
     def run_epoch(self) -> None:
         self.set_model_mode("train")
@@ -445,7 +459,7 @@ class TrainerX(SimpleTrainer):
         for batch_idx, batch in enumerate(self.train_loader_x):
             self.batch_idx = batch_idx
             data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
+            loss_summary = average_over_ranks(self.forward_backward(batch))  # DDP: the global batch's values
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             meet_freq = (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ == 0

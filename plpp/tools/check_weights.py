@@ -1,0 +1,46 @@
+"""Check that CLIP weights can be had before a long run starts: ``python -m plpp.tools.check_weights NAME``.
+
+``NAME`` is what ``MODEL.BACKBONE.NAME`` takes: an OpenAI model name (found in the cache,
+``$PLPP_CLIP_CACHE`` or ``~/.cache/clip``, else downloaded) or a local ``.pt`` file. The weights are
+loaded once, so a truncated or foreign file is reported here too. Exit status 0 when usable, 1 with
+one message (which file is missing and where to put it) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def describe(model) -> str:
+    """``ViT, 224 px input, 512-d features, 151.3 M parameters`` for a ``clip.model.CLIP``."""
+    from plpp.clip_utils import is_vision_transformer
+
+    kind = "ViT" if is_vision_transformer(model.visual) else "ResNet"
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    return (f"{kind}, {model.visual.input_resolution} px input, {model.text_projection.shape[1]}-d features, "
+            f"{n_params:.1f} M parameters")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plpp.tools.check_weights", description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="CLIP model name (ViT-B/32, ViT-B/16, RN50, ...) or a local .pt file")
+    parser.add_argument("--setting", default="MODEL.BACKBONE.NAME",
+                        help="how error messages call the value (e.g. BACKBONE for the demo script)")
+    args = parser.parse_args(argv)
+
+    from plpp.clip_utils import ClipWeightsError, load_clip, resolve_weights
+
+    try:
+        path = resolve_weights(args.name, setting=args.setting)
+        model = load_clip(path)
+    except ClipWeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"CLIP weights for {args.name}: {path} ({describe(model)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
