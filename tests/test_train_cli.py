@@ -107,7 +107,8 @@ def test_missing_clip_weights_stop_before_training(tmp_path, data_root):
 
 def test_plpp_with_zero_weights_is_coop(tmp_path, data_root, tiny_clip_file):
     ctxs = []
-    for trainer, extra in (("CoOp", ()), ("PLPP", ("TRAINER.PLPP.PPL_WEIGHT", "0.0", "TRAINER.PLPP.IPPL_WEIGHT", "0.0"))):
+    zero = ("TRAINER.PLPP.PPL_WEIGHT", "0.0", "TRAINER.PLPP.IPPL_WEIGHT", "0.0")
+    for trainer, extra in (("CoOp", ()), ("PLPP", zero)):
         out = tmp_path / trainer
         res = run_train(common(data_root, tiny_clip_file, out, trainer=trainer, epochs=1,
                                extra=("TRAINER.COOP.N_CTX", "4", *extra)))

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
     from plpp.engine.distributed import init_distributed, is_dist, launched_with_torchrun, shared_random_seed
     from plpp.engine.registry import unknown_name_message
     from plpp.engine.runinfo import check_resume_config, write_run_info
-    from plpp.engine.utils import collect_env_info, logger, set_deterministic
+    from plpp.engine.utils import FILE_ONLY, collect_env_info, logger, set_deterministic
 
     cfg = setup_cfg(args)
     for kind, registry, name in (("trainer (--trainer)", TRAINER_REGISTRY, cfg.TRAINER.NAME),
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> None:
     setup_logger(cfg.OUTPUT_DIR)
     logger.info("Collecting env info ...\n" + collect_env_info() + f"\nPLPP engine backend: {BACKEND}")
     logger.info("Arguments: " + " ".join(sys.argv[1:]))
-    logger.info("Config:\n" + cfg.dump())
+    logger.info("Config:\n" + cfg.dump(), extra=FILE_ONLY)
+    logger.info(f"Full config: {os.path.join(cfg.OUTPUT_DIR, 'config.yaml')} (also in log.txt)")
     write_run_info(cfg, cfg.OUTPUT_DIR, BACKEND)
     trainer = build_trainer(cfg)
     if args.eval_only:

@@ -39,6 +39,16 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+FILE_ONLY = {"file_only": True}  # ``logger.info(msg, extra=FILE_ONLY)``: long dumps go to log.txt only
+
+
+class _ConsoleFilter(logging.Filter):
+    """Keeps records marked ``file_only`` (e.g. the full config dump) off the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
 class _RankFilter(logging.Filter):
     """Lets only rank 0 write, so multi-process runs print and log once."""
 
@@ -64,6 +74,7 @@ def setup_logger(output: str | None = None) -> logging.Logger:
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)
     stream.addFilter(_RankFilter())
+    stream.addFilter(_ConsoleFilter())
     log.addHandler(stream)
     if output:
         fpath = output if output.endswith((".txt", ".log")) else osp.join(output, "log.txt")
