@@ -6,7 +6,13 @@ Example: python train.py --root $DATA --trainer PLPP --dataset-config-file confi
 
 import sys
 
-from plpp.engine.cli import main
+try:
+    from plpp.engine.cli import main
+except (ValueError, ImportError) as exc:  # a bad PLPP_ENGINE is reported like any other user error
+    if "PLPP_ENGINE" not in str(exc):
+        raise
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -73,9 +73,16 @@ def test_engine_auto_without_dassl_uses_the_builtin_engine():
 def test_engine_bogus_value_is_a_clear_error():
     res = subprocess.run([PYTHON, "train.py", "--trainer", "PLPP"], cwd=REPO, env=env_with(PLPP_ENGINE="bogus"),
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0
-    assert res.stderr.strip().splitlines()[-1] == \
-        "ValueError: PLPP_ENGINE='bogus' is not valid; use auto, dassl or builtin"
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: PLPP_ENGINE='bogus' is not valid; use auto, dassl or builtin"
+
+
+@pytest.mark.skipif(HAS_DASSL, reason="needs an interpreter without Dassl")
+def test_train_py_with_engine_dassl_but_no_dassl_is_one_line():
+    res = subprocess.run([PYTHON, "train.py", "--trainer", "PLPP"], cwd=REPO, env=env_with(PLPP_ENGINE="dassl"),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: PLPP_ENGINE=dassl but Dassl cannot be imported")
 
 
 # --------------------------------------------------------------------------- compat layer, pure parts
