@@ -16,11 +16,11 @@ Paths are relative to the dataset folder, so moving ``DATASET.ROOT`` keeps the c
 
 from __future__ import annotations
 
-import math
 import os.path as osp
 from typing import Any, Optional
 
-from plpp.engine import DatasetBase, Datum
+from plpp.engine import Datum
+from plpp.engine.data import subsample_classes as _subsample
 from plpp.engine.utils import logger, read_json
 
 from .splits import DatasetError, Entry, Split, check_entries, split_hash, to_datums, write_json_quietly
@@ -97,25 +97,9 @@ def sample_fewshot(dataset: Any, cfg: Any, split: Split, image_root: str, datase
     return train, val
 
 
-def _subsample_fallback(*lists: list[Datum], subsample: str = "all") -> tuple[list[Datum], ...]:
-    """Base/new selection for a backend whose DatasetBase lacks it (real Dassl keeps it on CoOp's OxfordPets)."""
-    if subsample not in ("all", "base", "new"):
-        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new; got '{subsample}'")
-    if subsample == "all":
-        return lists
-    labels = sorted({d.label for d in lists[0]})
-    m = math.ceil(len(labels) / 2)
-    keep = labels[:m] if subsample == "base" else labels[m:]
-    logger.info(f"SUBSAMPLE {subsample.upper()} CLASSES!")
-    relabel = {y: i for i, y in enumerate(keep)}
-    return tuple([Datum(impath=d.impath, label=relabel[d.label], domain=d.domain, classname=d.classname)
-                  for d in data if d.label in relabel] for data in lists)
-
-
 def subsample_classes(*lists: list[Datum], subsample: str = "all") -> tuple[list[Datum], ...]:
-    """The engine's ``subsample_classes`` (base = first ceil(n/2) sorted labels, new = the rest, relabelled)."""
-    fn = getattr(DatasetBase, "subsample_classes", None) or _subsample_fallback
-    return tuple(fn(*lists, subsample=subsample))
+    """Base/new selection (base = first ceil(n/2) sorted labels, new = the rest, relabelled), on either engine."""
+    return _subsample(*lists, subsample=subsample, datum_cls=Datum)
 
 
 def build_lists(dataset: Any, cfg: Any, split: Split, image_root: str, dataset_dir: str, source: str,

@@ -84,3 +84,17 @@ def write_fashion_mnist(root: Path, n_classes: int = 4, train_per_class: int = 8
         write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
     return folder
+
+
+# Options that shrink any train.py run to the tiny CLIP and tiny images (later options override these).
+TINY_OPTS = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "16",
+             "TRAIN.PRINT_FREQ", "1"]
+
+
+def train_args(data_root, clip_file, out, *, trainer: str = "PLPP", seed: int = 1, flags=(), opts=(),
+               config: str = "configs/trainers/PLPP/vit_b16_ep50.yaml") -> list[str]:
+    """Arguments of a tiny ``train.py`` run on the test Fashion-MNIST: flags first, then ``KEY VALUE`` options."""
+    return ["--root", str(data_root), "--seed", str(seed), "--trainer", trainer, *flags,
+            "--dataset-config-file", str(REPO / "configs/datasets/fashion_mnist.yaml"),
+            "--config-file", str(REPO / config), "--output-dir", str(out),
+            "MODEL.BACKBONE.NAME", str(clip_file), *TINY_OPTS, *opts]

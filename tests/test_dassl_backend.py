@@ -28,7 +28,7 @@ from plpp.engine import dassl_compat
 from plpp.engine import trainer as builtin_trainer
 from plpp.engine.registry import Registry
 from plpp.engine.utils import LOGGER_NAME
-from tests.conftest import PYTHON, REPO, subprocess_env, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, subprocess_env, train_args, write_fashion_mnist
 
 
 def dassl_importable() -> bool:
@@ -311,9 +311,7 @@ def test_undo_logging_disable_only_undoes_dassls_level():
 
 # --------------------------------------------------------------------------- real Dassl (skipped without it)
 
-TINY = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-        "DATALOADER.TEST.BATCH_SIZE", "16", "TRAIN.PRINT_FREQ", "1", "TRAINER.COOP.N_CTX", "4",
-        "DATASET.NUM_SHOTS", "8", "OPTIM.LR", "0.05"]
+TINY = ["DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.N_CTX", "4", "DATASET.NUM_SHOTS", "8", "OPTIM.LR", "0.05"]
 
 
 @pytest.fixture(scope="module")
@@ -324,10 +322,8 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def args(data_root, clip_file, out, epochs=3, flags=(), extra=()) -> list[str]:
-    return ["--root", str(data_root), "--seed", "7", "--trainer", "PLPP", *flags,
-            "--dataset-config-file", str(REPO / "configs/datasets/fashion_mnist.yaml"),
-            "--config-file", str(REPO / "configs/trainers/PLPP/vit_b16_ep50.yaml"), "--output-dir", str(out),
-            "MODEL.BACKBONE.NAME", str(clip_file), "OPTIM.MAX_EPOCH", str(epochs), *TINY, *extra]
+    return train_args(data_root, clip_file, out, seed=7, flags=flags,
+                      opts=("OPTIM.MAX_EPOCH", str(epochs), *TINY, *extra))
 
 
 def dassl_run(argv, cwd=REPO, script="train.py", timeout=300) -> subprocess.CompletedProcess:

@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from plpp.engine.distributed import ShardSampler, all_gather_rows, all_reduce_gradients, shard_range
-from tests.conftest import PYTHON, REPO, build_tiny_clip, subprocess_env, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, build_tiny_clip, subprocess_env, train_args, write_fashion_mnist
 
 N_CLASSES, SHOTS, EPOCHS = 3, 8, 3
-OPTS = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE",
-        str(N_CLASSES * SHOTS), "DATALOADER.TEST.BATCH_SIZE", "4", "TRAIN.PRINT_FREQ", "1", "TRAINER.COOP.N_CTX", "4",
-        "DATASET.NUM_SHOTS", str(SHOTS), "OPTIM.LR", "0.05", "INPUT.TRANSFORMS", "('normalize',)",
-        "TEST.PER_CLASS_RESULT", "True", "OPTIM.MAX_EPOCH", str(EPOCHS)]
+OPTS = ["DATALOADER.TRAIN_X.BATCH_SIZE", str(N_CLASSES * SHOTS), "DATALOADER.TEST.BATCH_SIZE", "4",
+        "TRAINER.COOP.N_CTX", "4", "DATASET.NUM_SHOTS", str(SHOTS), "OPTIM.LR", "0.05",
+        "INPUT.TRANSFORMS", "('normalize',)", "TEST.PER_CLASS_RESULT", "True", "OPTIM.MAX_EPOCH", str(EPOCHS)]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
@@ -40,10 +39,8 @@ def free_port() -> int:
 def train_cmd(data_root, clip_file, out, nproc: int = 1, flags=(), extra=()) -> list[str]:
     launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())] \
         if nproc > 1 else []
-    return [PYTHON, *launch, "train.py", "--root", str(data_root), "--seed", "7", "--trainer", "PLPP", *flags,
-            "--dataset-config-file", "configs/datasets/fashion_mnist.yaml",
-            "--config-file", "configs/trainers/PLPP/vit_b16_ep50.yaml", "--output-dir", str(out),
-            "MODEL.BACKBONE.NAME", str(clip_file), *OPTS, *extra]
+    return [PYTHON, *launch, "train.py",
+            *train_args(data_root, clip_file, out, seed=7, flags=flags, opts=(*OPTS, *extra))]
 
 
 def run(cmd, timeout=300) -> subprocess.CompletedProcess:

@@ -20,13 +20,11 @@ from plpp.trainers import extend_cfg
 from plpp.trainers.cocoop import CoCoOpCLIP
 from plpp.trainers.maple import MaPLeCLIP
 from plpp.trainers.zsclip import IMAGENET_TEMPLATES_SELECT
-from tests.conftest import PYTHON, REPO, build_tiny_clip, subprocess_env, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, TINY_OPTS, build_tiny_clip, subprocess_env, train_args, write_fashion_mnist
 
 CLASSNAMES = ["cat", "golden retriever", "sea_lion", "fire truck"]
 NEW_CLASSNAMES = ["dog", "hot air balloon", "ant"]
 HOSTS = {"CoCoOp": CoCoOpCLIP, "MaPLe": MaPLeCLIP}
-TINY_OPTS = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "16",
-             "TRAIN.PRINT_FREQ", "1"]
 
 
 def _cfg(maple_depth: int = 2, **opts) -> CN:
@@ -306,10 +304,9 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def _cli(trainer, config, data_root, clip_file, out, *extra, flags=()) -> list[str]:
-    return ["--root", str(data_root), "--seed", "1", "--trainer", trainer, *flags,
-            "--dataset-config-file", "configs/datasets/fashion_mnist.yaml", "--config-file", config,
-            "--output-dir", str(out), "MODEL.BACKBONE.NAME", str(clip_file), "OPTIM.MAX_EPOCH", "1",
-            "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base", *TINY_OPTS, *extra]
+    return train_args(data_root, clip_file, out, trainer=trainer, config=config, flags=flags,
+                      opts=("OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base",
+                            *extra))
 
 
 @pytest.mark.parametrize("trainer,config,extra,keys", [

@@ -13,11 +13,9 @@ import pytest
 import torch
 
 from plpp.engine.checkpoint import save_checkpoint
-from tests.conftest import PYTHON, REPO, subprocess_env, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, subprocess_env, train_args, write_fashion_mnist
 
-OPTS = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-        "DATALOADER.TEST.BATCH_SIZE", "16", "TRAIN.PRINT_FREQ", "1", "TRAINER.COOP.N_CTX", "4",
-        "DATASET.NUM_SHOTS", "8", "OPTIM.LR", "0.05"]
+OPTS = ["DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.N_CTX", "4", "DATASET.NUM_SHOTS", "8", "OPTIM.LR", "0.05"]
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +26,8 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def command(data_root, clip_file, out, epochs=3, extra=(), flags=()) -> list[str]:
-    return [PYTHON, "train.py", "--root", str(data_root), "--seed", "7", "--trainer", "PLPP", *flags,
-            "--dataset-config-file", "configs/datasets/fashion_mnist.yaml",
-            "--config-file", "configs/trainers/PLPP/vit_b16_ep50.yaml", "--output-dir", str(out),
-            "MODEL.BACKBONE.NAME", str(clip_file), "OPTIM.MAX_EPOCH", str(epochs), *OPTS, *extra]
+    return [PYTHON, "train.py", *train_args(data_root, clip_file, out, seed=7, flags=flags,
+                                            opts=("OPTIM.MAX_EPOCH", str(epochs), *OPTS, *extra))]
 
 
 def run(cmd, timeout=300) -> subprocess.CompletedProcess:

@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import PYTHON, REPO, subprocess_env, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, subprocess_env, train_args, write_fashion_mnist
 
-TINY_OPTS = [
-    "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "8",
-    "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.LR", "0.05", "TRAIN.PRINT_FREQ", "1",
-]
+RUN_OPTS = ["DATALOADER.TRAIN_X.BATCH_SIZE", "8", "OPTIM.LR", "0.05", "DATASET.NUM_SHOTS", "8"]
 
 
 def run_train(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -35,11 +32,8 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def common(data_root, clip_file, out, trainer="PLPP", epochs=2, extra=(), flags=()):
-    return ["--root", str(data_root), "--seed", "1", "--trainer", trainer, *flags,
-            "--dataset-config-file", "configs/datasets/fashion_mnist.yaml",
-            "--config-file", "configs/trainers/PLPP/vit_b16_ep50.yaml", "--output-dir", str(out),
-            "MODEL.BACKBONE.NAME", str(clip_file), "OPTIM.MAX_EPOCH", str(epochs), "DATASET.NUM_SHOTS", "8",
-            *TINY_OPTS, *extra]
+    return train_args(data_root, clip_file, out, trainer=trainer, flags=flags,
+                      opts=("OPTIM.MAX_EPOCH", str(epochs), *RUN_OPTS, *extra))
 
 
 def test_train_then_eval_only_reproduces_accuracy(tmp_path, data_root, tiny_clip_file):

@@ -125,23 +125,29 @@ class DatasetBase:
     @staticmethod
     def subsample_classes(*args, subsample: str = "all"):
         """Keep the base (first ceil(n/2) sorted labels) or new (the rest) classes, relabelled from 0."""
-        if subsample not in ("all", "base", "new"):
-            raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new; got '{subsample}'")
-        if subsample == "all":
-            return args
-        labels = sorted({item.label for item in args[0]})
-        m = math.ceil(len(labels) / 2)
-        selected = labels[:m] if subsample == "base" else labels[m:]
-        logger.info(f"SUBSAMPLE {subsample.upper()} CLASSES!")
-        relabeler = {y: y_new for y_new, y in enumerate(selected)}
-        output = []
-        for dataset in args:
-            output.append([
-                Datum(impath=item.impath, label=relabeler[item.label], domain=item.domain,
-                      classname=item.classname)
-                for item in dataset if item.label in relabeler
-            ])
-        return output
+        return subsample_classes(*args, subsample=subsample)
+
+
+def subsample_classes(*lists: Sequence, subsample: str = "all", datum_cls: type = Datum) -> tuple[list, ...]:
+    """Base-to-new selection on ``lists`` (train, [val,] test), labels taken from the first list.
+
+    ``base`` keeps the first ceil(n/2) sorted labels, ``new`` the rest; both are relabelled from 0 and
+    rebuilt as ``datum_cls`` (so another engine's record class can be kept). ``all`` is a no-op.
+    """
+    if subsample not in ("all", "base", "new"):
+        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new; got '{subsample}'")
+    if subsample == "all":
+        return tuple(lists)
+    labels = sorted({item.label for item in lists[0]})
+    m = math.ceil(len(labels) / 2)
+    selected = labels[:m] if subsample == "base" else labels[m:]
+    logger.info(f"SUBSAMPLE {subsample.upper()} CLASSES!")
+    relabeler = {y: y_new for y_new, y in enumerate(selected)}
+    return tuple(
+        [datum_cls(impath=item.impath, label=relabeler[item.label], domain=item.domain, classname=item.classname)
+         for item in items if item.label in relabeler]
+        for items in lists
+    )
 
 
 _INTERPOLATION = {
