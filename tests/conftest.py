@@ -98,3 +98,16 @@ def train_args(data_root, clip_file, out, *, trainer: str = "PLPP", seed: int = 
             "--dataset-config-file", str(REPO / "configs/datasets/fashion_mnist.yaml"),
             "--config-file", str(REPO / config), "--output-dir", str(out),
             "MODEL.BACKBONE.NAME", str(clip_file), *TINY_OPTS, *opts]
+
+
+# A small but real training run: 4 classes x 8 shots, 4 images per batch.
+SMALL_RUN_OPTS = ["DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.N_CTX", "4", "DATASET.NUM_SHOTS", "8",
+                  "OPTIM.LR", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def small_data_root(tmp_path_factory) -> Path:
+    """A Fashion-MNIST root with 4 separable classes, 10 training and 4 test images each."""
+    root = tmp_path_factory.mktemp("data")
+    write_fashion_mnist(root, n_classes=4, train_per_class=10, test_per_class=4)
+    return root

@@ -28,7 +28,7 @@ from plpp.engine import dassl_compat
 from plpp.engine import trainer as builtin_trainer
 from plpp.engine.registry import Registry
 from plpp.engine.utils import LOGGER_NAME
-from tests.conftest import PYTHON, REPO, subprocess_env, train_args, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, subprocess_env, train_args
 
 
 def dassl_importable() -> bool:
@@ -311,19 +311,16 @@ def test_undo_logging_disable_only_undoes_dassls_level():
 
 # --------------------------------------------------------------------------- real Dassl (skipped without it)
 
-TINY = ["DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.N_CTX", "4", "DATASET.NUM_SHOTS", "8", "OPTIM.LR", "0.05"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_fashion_mnist(root, n_classes=4, train_per_class=10, test_per_class=4)
-    return root
+def data_root(small_data_root) -> Path:
+    return small_data_root
 
 
 def args(data_root, clip_file, out, epochs=3, flags=(), extra=()) -> list[str]:
     return train_args(data_root, clip_file, out, seed=7, flags=flags,
-                      opts=("OPTIM.MAX_EPOCH", str(epochs), *TINY, *extra))
+                      opts=("OPTIM.MAX_EPOCH", str(epochs), *SMALL_RUN_OPTS, *extra))
 
 
 def dassl_run(argv, cwd=REPO, script="train.py", timeout=300) -> subprocess.CompletedProcess:

@@ -13,21 +13,17 @@ import pytest
 import torch
 
 from plpp.engine.checkpoint import save_checkpoint
-from tests.conftest import PYTHON, REPO, subprocess_env, train_args, write_fashion_mnist
-
-OPTS = ["DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.N_CTX", "4", "DATASET.NUM_SHOTS", "8", "OPTIM.LR", "0.05"]
+from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, subprocess_env, train_args
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_fashion_mnist(root, n_classes=4, train_per_class=10, test_per_class=4)
-    return root
+def data_root(small_data_root) -> Path:
+    return small_data_root
 
 
 def command(data_root, clip_file, out, epochs=3, extra=(), flags=()) -> list[str]:
     return [PYTHON, "train.py", *train_args(data_root, clip_file, out, seed=7, flags=flags,
-                                            opts=("OPTIM.MAX_EPOCH", str(epochs), *OPTS, *extra))]
+                                            opts=("OPTIM.MAX_EPOCH", str(epochs), *SMALL_RUN_OPTS, *extra))]
 
 
 def run(cmd, timeout=300) -> subprocess.CompletedProcess:
