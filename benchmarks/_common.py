@@ -107,3 +107,18 @@ def alternate_timing(steps: dict[str, Callable[[], None]], repeats: int, device:
                 torch.cuda.synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def print_report(report: dict, as_json: bool) -> None:
+    """Print a benchmark's result: one JSON object, or aligned ``key: value`` lines."""
+    import json
+
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    for key, value in report.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False)
+        print(f"{key:>24}: {value}")

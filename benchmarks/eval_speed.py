@@ -21,7 +21,6 @@ uncached_batch_s`` uncached. Cached and uncached logits are compared on every ti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import ARCHS, device_name, random_clip  # noqa: E402
+from benchmarks._common import ARCHS, device_name, print_report, random_clip  # noqa: E402
 from plpp.clip_utils import Precision  # noqa: E402
 from plpp.engine import get_cfg_default  # noqa: E402
 from plpp.trainers import extend_cfg  # noqa: E402
@@ -150,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "speedup": n * best["uncached_batch"] / cached_best},
         "samples_s": times,
     }
-    if args.json:
-        print(json.dumps(out, indent=2, ensure_ascii=False))
-    else:
-        for key, value in out.items():
-            print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
+    print_report(out, args.json)
     return 0
 
 

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import ARCHS, device_name  # noqa: E402
+from benchmarks._common import ARCHS, device_name, print_report  # noqa: E402
 from benchmarks.overhead import build, make_steps  # noqa: E402
 from plpp.trainers.base import decide_text_checkpoint  # noqa: E402
 
@@ -137,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     out["meets_target"] = all(out[h]["meets_target"] for h in hosts)
     out["wall_s"] = time.perf_counter() - start
-    if args.json:
-        print(json.dumps(out, indent=2, ensure_ascii=False))
-    else:
-        for key, value in out.items():
-            print(f"{key:>22}: {json.dumps(value) if isinstance(value, dict) else value}")
+    print_report(out, args.json)
     return 0
 
 

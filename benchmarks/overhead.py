@@ -11,7 +11,6 @@ full-vocabulary softmax, ``[C, M, V]`` materialized) at ``--naive-classes``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import ARCHS, alternate_timing, device_name, peak_mb, random_clip  # noqa: E402
+from benchmarks._common import ARCHS, alternate_timing, device_name, peak_mb, print_report, random_clip  # noqa: E402
 from plpp.engine import get_cfg_default  # noqa: E402
 from plpp.perplexity import perplexity_losses  # noqa: E402
 from plpp.trainers import extend_cfg  # noqa: E402
@@ -122,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "naive_peak_mem_ratio": mem_n["naive"] / mem_n["coop"],
         "targets": {"step_time_ratio": 1.03, "peak_mem_ratio": 1.03},
     }
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        for k, v in out.items():
-            print(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    print_report(out, args.json)
     return 0
 
 

@@ -111,3 +111,21 @@ def small_data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_fashion_mnist(root, n_classes=4, train_per_class=10, test_per_class=4)
     return root
+
+
+def kill_when_logged(cmd: list[str], env: dict, log: Path, marker: str, timeout: float = 240) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``log`` contains ``marker`` (fails if it ends first)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and marker in log.read_text():
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:])
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

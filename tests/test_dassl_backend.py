@@ -14,10 +14,8 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from plpp.engine import dassl_compat
 from plpp.engine import trainer as builtin_trainer
 from plpp.engine.registry import Registry
 from plpp.engine.utils import LOGGER_NAME
-from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, subprocess_env, train_args
+from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, kill_when_logged, subprocess_env, train_args
 
 
 def dassl_importable() -> bool:
@@ -397,18 +395,9 @@ def test_dassl_train_then_eval_only_reproduces_accuracy(tmp_path, data_root, tin
 def test_dassl_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data_root, tiny_clip_file, dassl_reference):
     out = tmp_path / "killed"
     cmd = [PYTHON, "train.py", *args(data_root, tiny_clip_file, out)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env_with(PLPP_ENGINE="dassl"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
     log = out / "log.txt"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill in the middle of epoch 2, after epoch 1's checkpoint exists
-        if log.exists() and "epoch [2/3] batch [2/" in log.read_text():
-            break
-        if proc.poll() is not None:
-            pytest.fail("training ended before it could be killed: " + proc.stderr.read().decode()[-2000:])
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # killed in the middle of epoch 2, after epoch 1's checkpoint exists
+    kill_when_logged(cmd, env_with(PLPP_ENGINE="dassl"), log, "epoch [2/3] batch [2/")
     assert (out / "prompt_learner" / "checkpoint").read_text().strip() == "model.pth.tar-1"
 
     res = dassl_run(args(data_root, tiny_clip_file, out))

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from plpp.engine.checkpoint import save_checkpoint
-from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, subprocess_env, train_args
+from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, kill_when_logged, subprocess_env, train_args
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +52,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, data_
     ref = reference_run
     out = tmp_path / "killed"
     cmd = command(data_root, tiny_clip_file, out)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = out / "log.txt"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill in the middle of epoch 2, after epoch 1's checkpoint exists
-        if log.exists() and "epoch [2/3] batch [2/" in log.read_text():
-            break
-        if proc.poll() is not None:
-            pytest.fail("training ended before it could be killed: " + proc.stderr.read().decode()[-2000:])
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # killed in the middle of epoch 2, after epoch 1's checkpoint exists
+    kill_when_logged(cmd, subprocess_env(), log, "epoch [2/3] batch [2/")
     assert (out / "prompt_learner" / "checkpoint").read_text().strip() == "model.pth.tar-1"
     assert "Finish training" not in log.read_text()
 
