@@ -129,3 +129,9 @@ def kill_when_logged(cmd: list[str], env: dict, log: Path, marker: str, timeout:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def saved_ctx(run_dir: Path, epoch: int) -> torch.Tensor:
+    """The learned context vectors in ``run_dir``'s checkpoint of ``epoch`` (loaded with ``weights_only``)."""
+    path = run_dir / "prompt_learner" / f"model.pth.tar-{epoch}"
+    return torch.load(path, weights_only=True)["state_dict"]["ctx"]

@@ -26,7 +26,7 @@ from plpp.engine import dassl_compat
 from plpp.engine import trainer as builtin_trainer
 from plpp.engine.registry import Registry
 from plpp.engine.utils import LOGGER_NAME
-from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, kill_when_logged, subprocess_env, train_args
+from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, kill_when_logged, saved_ctx, subprocess_env, train_args
 
 
 def dassl_importable() -> bool:
@@ -330,10 +330,6 @@ def accuracy(log: str) -> float:
     return float(re.findall(r"\* accuracy: ([\d.]+)%", log)[-1])
 
 
-def ctx(out: Path, epoch: int) -> torch.Tensor:
-    return torch.load(out / "prompt_learner" / f"model.pth.tar-{epoch}", weights_only=True)["state_dict"]["ctx"]
-
-
 @pytest.fixture(scope="module")
 def dassl_reference(tmp_path_factory, data_root, tiny_clip_file) -> Path:
     """One uninterrupted 3-epoch PLPP run on real Dassl (read-only for the tests that use it)."""
@@ -404,7 +400,7 @@ def test_dassl_sigkill_then_resume_matches_uninterrupted_run(tmp_path, data_root
     assert res.returncode == 0, res.stderr[-3000:]
     text = log.read_text()
     assert "Found checkpoint" in text and "Finish training" in text
-    assert torch.equal(ctx(out, 3), ctx(dassl_reference, 3))
+    assert torch.equal(saved_ctx(out, 3), saved_ctx(dassl_reference, 3))
     assert json.loads((out / "results.json").read_text())["accuracy"] == \
         json.loads((dassl_reference / "results.json").read_text())["accuracy"]
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from plpp.engine.distributed import ShardSampler, all_gather_rows, all_reduce_gradients, shard_range
-from tests.conftest import PYTHON, REPO, build_tiny_clip, subprocess_env, train_args, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, build_tiny_clip, saved_ctx, subprocess_env, train_args, write_fashion_mnist
 
 N_CLASSES, SHOTS, EPOCHS = 3, 8, 3
 OPTS = ["DATALOADER.TRAIN_X.BATCH_SIZE", str(N_CLASSES * SHOTS), "DATALOADER.TEST.BATCH_SIZE", "4",
@@ -50,7 +50,7 @@ def run(cmd, timeout=300) -> subprocess.CompletedProcess:
 
 
 def final_ctx(out: Path) -> torch.Tensor:
-    return torch.load(out / "prompt_learner" / f"model.pth.tar-{EPOCHS}", weights_only=True)["state_dict"]["ctx"]
+    return saved_ctx(out, EPOCHS)
 
 
 def log_from(out: Path, marker: str) -> list[str]:

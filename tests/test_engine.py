@@ -20,13 +20,17 @@ from plpp.engine.registry import Registry
 from tests.conftest import PYTHON, REPO, subprocess_env
 
 
-def _lrs(optim_overrides: dict, epochs: int) -> list[float]:
+def _optim_and_sched(optim_overrides: dict):
+    """An optimizer over one parameter and its schedule, built from OPTIM keys as the trainers do."""
     cfg = get_cfg_default()
     for k, v in optim_overrides.items():
         setattr(cfg.OPTIM, k, v)
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = build_optimizer([p], cfg.OPTIM)
-    sched = build_lr_scheduler(opt, cfg.OPTIM)
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(3))], cfg.OPTIM)
+    return opt, build_lr_scheduler(opt, cfg.OPTIM)
+
+
+def _lrs(optim_overrides: dict, epochs: int) -> list[float]:
+    opt, sched = _optim_and_sched(optim_overrides)
     out = []
     for _ in range(epochs):
         out.append(opt.param_groups[0]["lr"])
@@ -60,19 +64,13 @@ def test_step_schedules():
 
 
 def test_scheduler_state_is_weights_only_loadable(tmp_path):
-    cfg = get_cfg_default()
-    for k, v in COOP_RECIPE.items():
-        setattr(cfg.OPTIM, k, v)
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = build_optimizer([p], cfg.OPTIM)
-    sched = build_lr_scheduler(opt, cfg.OPTIM)
+    opt, sched = _optim_and_sched(COOP_RECIPE)
     for _ in range(2):
         opt.step()
         sched.step()
     save_checkpoint({"scheduler": sched.state_dict(), "optimizer": opt.state_dict()}, str(tmp_path / "s.pth"))
     state = torch.load(tmp_path / "s.pth", weights_only=True)
-    opt2 = build_optimizer([torch.nn.Parameter(torch.zeros(3))], cfg.OPTIM)
-    sched2 = build_lr_scheduler(opt2, cfg.OPTIM)
+    opt2, sched2 = _optim_and_sched(COOP_RECIPE)
     sched2.load_state_dict(state["scheduler"])
     opt2.load_state_dict(state["optimizer"])
     assert opt2.param_groups[0]["lr"] == pytest.approx(1.809017e-3, rel=1e-5)

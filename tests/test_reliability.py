@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from plpp.engine.checkpoint import save_checkpoint
-from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, kill_when_logged, subprocess_env, train_args
+from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, kill_when_logged, saved_ctx, subprocess_env, train_args
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,6 @@ def command(data_root, clip_file, out, epochs=3, extra=(), flags=()) -> list[str
 
 def run(cmd, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def final_ctx(out: Path, epoch: int) -> torch.Tensor:
-    return torch.load(out / "prompt_learner" / f"model.pth.tar-{epoch}", weights_only=True)["state_dict"]["ctx"]
 
 
 def losses(log: str) -> list[str]:
@@ -62,7 +58,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, data_
     assert res.returncode == 0, res.stderr[-2000:]
     text = log.read_text()
     assert "Found checkpoint" in text and "Finish training" in text
-    assert torch.equal(final_ctx(out, 3), final_ctx(ref, 3))
+    assert torch.equal(saved_ctx(out, 3), saved_ctx(ref, 3))
     assert json.loads((out / "results.json").read_text())["accuracy"] == \
         json.loads((ref / "results.json").read_text())["accuracy"]
 
@@ -73,7 +69,7 @@ def test_two_seeded_runs_are_identical(tmp_path, data_root, tiny_clip_file, refe
     assert res.returncode == 0, res.stderr[-2000:]
     first = losses((reference_run / "log.txt").read_text())
     assert first and first == losses((out / "log.txt").read_text())
-    assert torch.equal(final_ctx(out, 3), final_ctx(reference_run, 3))
+    assert torch.equal(saved_ctx(out, 3), saved_ctx(reference_run, 3))
 
 
 def test_seed_zero_is_honoured(tmp_path, data_root, tiny_clip_file):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import PYTHON, REPO, subprocess_env, train_args, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, saved_ctx, subprocess_env, train_args, write_fashion_mnist
 
 RUN_OPTS = ["DATALOADER.TRAIN_X.BATCH_SIZE", "8", "OPTIM.LR", "0.05", "DATASET.NUM_SHOTS", "8"]
 
@@ -107,5 +107,5 @@ def test_plpp_with_zero_weights_is_coop(tmp_path, data_root, tiny_clip_file):
         res = run_train(common(data_root, tiny_clip_file, out, trainer=trainer, epochs=1,
                                extra=("TRAINER.COOP.N_CTX", "4", *extra)))
         assert res.returncode == 0, res.stderr[-3000:]
-        ctxs.append(torch.load(out / "prompt_learner" / "model.pth.tar-1", weights_only=True)["state_dict"]["ctx"])
+        ctxs.append(saved_ctx(out, 1))
     assert torch.equal(ctxs[0], ctxs[1])
