@@ -1,7 +1,8 @@
 """What every CLIP prompt trainer shares: loading CLIP, precision, freezing, one training step.
 
 A host trainer sets ``PREC_KEY`` and implements ``build_custom_clip``; its training step is
-``forward_train`` (logits plus weighted loss terms), which the PLPP mixin extends.
+``forward_train`` (logits plus weighted loss terms, from one ``train_pass``), which a host with its own
+terms (KgCoOp, PromptSRC) and the PLPP mixin extend through ``super()``.
 """
 
 from __future__ import annotations
@@ -44,12 +45,29 @@ def decide_text_checkpoint(setting: str, n_prompts: int, n_tokens: int,
 
 
 @dataclass
+class ForwardPass:
+    """What one forward pass of a host model computed, so every loss term reuses it (nothing runs twice).
+
+    ``image_features`` ``[B, D]`` and ``text_features`` ``[C, D]`` (CoCoOp: ``[B, C, D]``) are
+    L2-normalised; ``ctx``/``states`` (the prompt vectors and the text states aligned with them, see
+    ``CustomCLIP.forward_with_states``) are set only when the pass was asked for them (PLPP).
+    """
+
+    logits: torch.Tensor
+    image_features: torch.Tensor
+    text_features: torch.Tensor
+    ctx: torch.Tensor | None = None
+    states: torch.Tensor | None = None
+
+
+@dataclass
 class TrainOutput:
-    """One training step's result: logits, loss terms with their weights, and extra metrics to log."""
+    """One training step's result: logits, loss terms with their weights, extra metrics, and the pass."""
 
     logits: torch.Tensor
     losses: dict[str, tuple[float, torch.Tensor]] = field(default_factory=dict)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    forward: ForwardPass | None = None
 
 
 def check_clip_cfg(cfg, prec_key: str) -> None:
@@ -140,10 +158,14 @@ class ClipPromptTrainer(TrainerX):
         load_state_dict_checked(module, extract_state_dict(state, path), f"MODEL.INIT_WEIGHTS {path}")
         logger.info(f"Initialised the prompt learner from {path}")
 
+    def train_pass(self, image: torch.Tensor) -> ForwardPass:
+        """The model's forward pass in training (the PLPP mixin also asks it for the context states)."""
+        return self.model.forward_parts(image)
+
     def forward_train(self, image: torch.Tensor, label: torch.Tensor) -> TrainOutput:
-        """The host's training objective: cross-entropy on the image-text logits."""
-        logits = self.model(image)
-        return TrainOutput(logits, {"loss_ce": (1.0, F.cross_entropy(logits.float(), label))})
+        """The host's training objective: cross-entropy on the image-text logits of ``train_pass``."""
+        fwd = self.train_pass(image)
+        return TrainOutput(fwd.logits, {"loss_ce": (1.0, F.cross_entropy(fwd.logits.float(), label))}, forward=fwd)
 
     def forward_backward(self, batch) -> dict:
         image, label = self.parse_batch_train(batch)

@@ -16,7 +16,7 @@ from torch import nn
 
 from plpp.engine import TRAINER_REGISTRY
 
-from .base import ClipPromptTrainer
+from .base import ClipPromptTrainer, ForwardPass
 from .coop import CustomCLIP, PromptLearner
 
 
@@ -126,17 +126,26 @@ class CoCoOpCLIP(CustomCLIP):
         text, _ = self.encode_conditional_text(self.prompt_learner.conditional_context(image_features))
         return self.conditional_logits(image_features, text)
 
+    def forward_parts(self, image: torch.Tensor, return_states: bool = False, shift: bool = False) -> ForwardPass:
+        """One training pass: logits ``[B, C]``, image features ``[B, D]`` and per-image class features
+        ``[B, C, D]``; with ``return_states`` also the per-image contexts ``[B, M, d]`` and their states."""
+        image_features = self.encode_image(image)
+        ctx = self.prompt_learner.conditional_context(image_features)
+        text, states = self.encode_conditional_text(ctx, return_states=return_states)
+        fwd = ForwardPass(self.conditional_logits(image_features, text), image_features, text)
+        if return_states:
+            pos = self.prompt_learner.ctx_positions[0] - (1 if shift else 0)
+            fwd.ctx, fwd.states = ctx, states[:, pos]
+        return fwd
+
     def forward_with_states(self, image: torch.Tensor,
                             shift: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits ``[B, C]``, per-image contexts ``[B, M, d]`` and their states ``[B, M, d]`` (one text pass).
 
         With ``shift`` the state before each context token is used (next-token view).
         """
-        image_features = self.encode_image(image)
-        ctx = self.prompt_learner.conditional_context(image_features)
-        text, states = self.encode_conditional_text(ctx, return_states=True)
-        pos = self.prompt_learner.ctx_positions[0] - (1 if shift else 0)
-        return self.conditional_logits(image_features, text), ctx, states[:, pos]
+        fwd = self.forward_parts(image, return_states=True, shift=shift)
+        return fwd.logits, fwd.ctx, fwd.states
 
 
 @TRAINER_REGISTRY.register()

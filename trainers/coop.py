@@ -9,7 +9,7 @@ from plpp.clip_utils import TextEncoder, token_length, tokenize
 from plpp.engine import TRAINER_REGISTRY
 from plpp.engine.utils import logger
 
-from .base import ClipPromptTrainer
+from .base import ClipPromptTrainer, ForwardPass
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
@@ -189,6 +189,28 @@ class CustomCLIP(nn.Module):
             text = self.encode_text()[0]
         return self.logits(self.encode_image(image), text)
 
+    def forward_parts(self, image: torch.Tensor, return_states: bool = False, shift: bool = False) -> ForwardPass:
+        """One training pass: logits with the image and class features they came from.
+
+        With ``return_states`` the pass also carries the context vectors and the text states aligned
+        with them (see ``forward_with_states``), from the same text pass as the class features.
+        """
+        text, states = self.encode_text(return_states=return_states)
+        image_features = self.encode_image(image)
+        fwd = ForwardPass(self.logits(image_features, text), image_features, text)
+        if return_states:
+            fwd.ctx, fwd.states = self.context_states(states, shift)
+        return fwd
+
+    def context_states(self, states: torch.Tensor, shift: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context vectors and the token states ``[C, L, d]`` at their positions (see ``forward_with_states``)."""
+        learner = self.prompt_learner
+        pos = learner.ctx_positions - (1 if shift else 0)
+        if learner.shared_prefix:
+            return learner.ctx, states[0, pos[0]]
+        ctx = learner.ctx if learner.csc else learner.ctx.unsqueeze(0).expand(learner.n_cls, -1, -1)
+        return ctx, states.gather(1, pos.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+
     def forward_with_states(self, image: torch.Tensor, shift: bool = False):
         """Logits plus the context vectors and the text states aligned with them (one text pass).
 
@@ -196,15 +218,8 @@ class CustomCLIP(nn.Module):
         context states are shared by all classes (causal mask, class name after the context), else
         ``[C, M, d]``. With ``shift`` the state before each context token is used (next-token view).
         """
-        text, states = self.encode_text(return_states=True)
-        learner = self.prompt_learner
-        pos = learner.ctx_positions - (1 if shift else 0)
-        if learner.shared_prefix:
-            ctx, ctx_states = learner.ctx, states[0, pos[0]]
-        else:
-            ctx = learner.ctx if learner.csc else learner.ctx.unsqueeze(0).expand(learner.n_cls, -1, -1)
-            ctx_states = states.gather(1, pos.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
-        return self.logits(self.encode_image(image), text), ctx, ctx_states
+        fwd = self.forward_parts(image, return_states=True, shift=shift)
+        return fwd.logits, fwd.ctx, fwd.states
 
 
 @TRAINER_REGISTRY.register()

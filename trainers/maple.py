@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -108,8 +109,9 @@ class MaPLeCLIP(CustomCLIP):
 
     CFG_KEY = "MAPLE"
 
-    def __init__(self, cfg, classnames: list[str], clip_model: nn.Module) -> None:
-        super().__init__(cfg, classnames, clip_model, learner_cls=MultiModalPromptLearner)
+    def __init__(self, cfg, classnames: list[str], clip_model: nn.Module,
+                 learner_cls: Callable[..., nn.Module] = MultiModalPromptLearner) -> None:
+        super().__init__(cfg, classnames, clip_model, learner_cls=learner_cls)
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         first, deep = self.prompt_learner.vision_prompts()

@@ -44,6 +44,7 @@ BORROWED: dict[str, type] = {
     "detect_anomaly": _builtin.TrainerBase,  # (loss, terms): names the non-finite term
     "model_backward": _builtin.TrainerBase,  # (loss, terms), gradient scaler aware
     "model_update": _builtin.TrainerBase,  # gradient scaler aware
+    "before_optimizer_step": _builtin.TrainerBase,  # hook on the averaged gradients (ProGrad's projection)
     "model_backward_and_update": _builtin.TrainerBase,  # (loss, names=None, terms=None)
     "after_epoch": _builtin.SimpleTrainer,  # a checkpoint every epoch, so a killed run resumes
     "_drop_previous_checkpoint": _builtin.SimpleTrainer,

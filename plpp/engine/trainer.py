@@ -264,6 +264,7 @@ class TrainerBase(CheckpointIO):
         params = [p for n in names if self._optims[n] is not None
                   for g in self._optims[n].param_groups for p in g["params"]]
         all_reduce_gradients(params)
+        self.before_optimizer_step(params)
         for name in names:
             optim = self._optims[name]
             if optim is None:
@@ -274,6 +275,9 @@ class TrainerBase(CheckpointIO):
                 optim.step()
         if self.scaler is not None:
             self.scaler.update()
+
+    def before_optimizer_step(self, params: list[torch.Tensor]) -> None:
+        """Hook: adjust the gradients of ``params`` (averaged over ranks, still scaled under amp) before the step."""
 
     def model_backward_and_update(self, loss: torch.Tensor, names=None, terms: dict | None = None) -> None:
         """Zero the gradients, check the loss, backpropagate and step (one path for every precision)."""

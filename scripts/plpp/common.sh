@@ -205,9 +205,10 @@ plpp_trainer_config() {
   printf '%s\n' "$file"
 }
 
-# CoOp and PLPP read TRAINER.COOP (N_CTX, CSC, CLASS_TOKEN_POSITION); the other hosts have their own keys.
+# CoOp, ProGrad and their PLPP versions read TRAINER.COOP (N_CTX, CSC, CLASS_TOKEN_POSITION) and get the
+# nctx<N>_csc<CSC>_ctp<CTP> folder; the other hosts have their own keys (KgCoOp's configs fix its context).
 plpp_is_coop_family() {
-  [[ $1 == CoOp || $1 == PLPP ]]
+  [[ $1 == CoOp || $1 == PLPP || $1 == ProGrad || $1 == PLPP_ProGrad ]]
 }
 
 plpp_is_zeroshot() {
@@ -241,6 +242,23 @@ plpp_default_cfg() {
     MaPLe | PLPP_MaPLe)
       [[ $protocol == xd ]] && echo vit_b16_c2_ep5_batch4_2ctx_cross_datasets || echo vit_b16_c2_ep5_batch4_2ctx
       ;;
+    IVLP | PLPP_IVLP) echo "vit_b16_c2_ep20_batch4_4+4ctx" ;;
+    PromptSRC | PLPP_PromptSRC)
+      case $protocol in
+        fewshot) echo "vit_b16_c2_ep50_batch4_4+4ctx_few_shot" ;;
+        xd) echo "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets" ;;
+        *) echo "vit_b16_c2_ep20_batch4_4+4ctx" ;;
+      esac
+      ;;
+    KgCoOp | PLPP_KgCoOp) echo vit_b16_ep100_ctxv1 ;;
+    ProGrad | PLPP_ProGrad) # CoOp's few-shot rule; base-to-new: ProGrad's ep100 recipe (ep50 on ImageNet)
+      if [[ $protocol == base2new ]]; then
+        [[ $dataset == imagenet ]] && echo vit_b16_ep50 || echo vit_b16_ep100
+      else
+        plpp_coop_fewshot_cfg "$dataset" "$shots"
+      fi
+      ;;
+    LinearProbeCLIP) echo vit_b16 ;;
     *)
       local known
       known=$(plpp_names "$(plpp_config_dir "$trainer")"/*.yaml)
@@ -356,6 +374,21 @@ plpp_resolve() {
 plpp_no_zeroshot() {
   if plpp_is_zeroshot "$1"; then
     plpp_die "$1 trains nothing; evaluate it with scripts/plpp/zeroshot.sh"
+  fi
+  if [[ $1 == LinearProbeCLIP ]]; then
+    plpp_die "LinearProbeCLIP learns one weight vector per training class, so it cannot evaluate other classes or datasets; run it with scripts/plpp/main.sh (few-shot)"
+  fi
+}
+
+# PromptSRC's few-shot recipe: GPA_MEAN 45, GPA_STD 5 on these datasets (30/30 on the others, as its file says).
+plpp_fewshot_opts() { # TRAINER CFG DATASET
+  PLPP_FEWSHOT_OPTS=()
+  if [[ $1 == *PromptSRC && $2 == "vit_b16_c2_ep50_batch4_4+4ctx_few_shot" ]]; then
+    case $3 in
+      stanford_cars | oxford_flowers | fgvc_aircraft | dtd | eurosat)
+        PLPP_FEWSHOT_OPTS=(TRAINER.PROMPTSRC.GPA_MEAN 45 TRAINER.PROMPTSRC.GPA_STD 5)
+        ;;
+    esac
   fi
 }
 

@@ -9,11 +9,15 @@
 # SHOTS    training images per class (DATASET.NUM_SHOTS)
 # CFG      a config in configs/trainers/<TRAINER>/ ("" or - for the default). CoOp and PLPP default
 #          to CoOp's rule: 1 shot vit_b16_ep50, 2/4 shots vit_b16_ep100, 8/16 shots vit_b16 (200
-#          epochs), ImageNet always vit_b16_ep50; the other trainers to their base-to-new config.
-# TRAINER  PLPP (default), CoOp, CoCoOp, MaPLe, PLPP_CoCoOp, PLPP_MaPLe
+#          epochs), ImageNet always vit_b16_ep50, and so does ProGrad; PromptSRC to its few-shot config
+#          (with GPA_MEAN 45, GPA_STD 5 on Cars, Flowers, Aircraft, DTD and EuroSAT, as in its paper);
+#          LinearProbeCLIP to vit_b16; the other trainers to their base-to-new config.
+# TRAINER  PLPP (default), CoOp, CoCoOp, MaPLe, IVLP, PromptSRC, KgCoOp, ProGrad, LinearProbeCLIP, and
+#          PLPP_<host> for CoCoOp, MaPLe, IVLP, PromptSRC, KgCoOp, ProGrad
 # KEY VALUE  config overrides passed to train.py after its flags (e.g. OPTIM.MAX_EPOCH 10)
 # Environment: DATA (or --data DIR), OUTPUT (default output), SEEDS, PYTHON, DRY_RUN=1 (or --dry-run),
-#   and for CoOp and PLPP: NCTX (16), CSC (False), CTP (end) -> TRAINER.COOP.N_CTX/CSC/CLASS_TOKEN_POSITION.
+#   and for CoOp, ProGrad and their PLPP versions: NCTX (16), CSC (False), CTP (end) ->
+#   TRAINER.COOP.N_CTX/CSC/CLASS_TOKEN_POSITION.
 # Output: $OUTPUT/<DATASET>/<TRAINER>/<CFG>_<SHOTS>shots/nctx<N>_csc<CSC>_ctp<CTP>/seed<S> (other
 #   trainers: without the nctx level). Finished seeds are skipped; an unfinished one resumes.
 set -euo pipefail
@@ -39,7 +43,8 @@ TRAINER_CONFIG=$(plpp_trainer_config "$TRAINER" "$CFG")
 plpp_seeds
 
 RUN_ROOT="$OUTPUT/$DATASET/$TRAINER/${CFG}_${SHOTS}shots"
-EXTRA=(DATASET.NUM_SHOTS "$SHOTS")
+plpp_fewshot_opts "$TRAINER" "$CFG" "$DATASET"
+EXTRA=(DATASET.NUM_SHOTS "$SHOTS" "${PLPP_FEWSHOT_OPTS[@]}")
 if plpp_is_coop_family "$TRAINER"; then
   RUN_ROOT+="/$(plpp_coop_variant)"
   plpp_coop_opts
