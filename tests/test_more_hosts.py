@@ -29,6 +29,7 @@ from plpp.trainers.linear_probe import fit_logistic_regression, search_c
 from plpp.trainers.prograd import ProGrad, ProGradCLIP, prograd_project, zero_shot_term
 from plpp.trainers.promptsrc import PromptSRC, gpa_weights, self_regulating_terms
 from tests.conftest import PYTHON, REPO, TINY_OPTS, build_tiny_clip, subprocess_env, train_args, write_fashion_mnist
+from tests.test_scripts import commands, ok, run_script, script_env
 
 HOSTS = ["IVLP", "PromptSRC", "KgCoOp", "ProGrad"]
 TRAINERS = HOSTS + ["LinearProbeCLIP"] + [f"PLPP_{h}" for h in HOSTS]
@@ -460,16 +461,56 @@ def _train_py(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_train_py_plpp_promptsrc_then_eval_only(tmp_path, data_root, tiny_clip_file):
-    opts = ("OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-            "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2")
+    opts = {"OPTIM.MAX_EPOCH": 1, "DATASET.NUM_SHOTS": 2, "DATALOADER.TRAIN_X.BATCH_SIZE": 4,
+            "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT": 2, "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION": 2}
     config = "configs/trainers/PLPP_PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml"
     out = tmp_path / "train"
-    res = _train_py(train_args(data_root, tiny_clip_file, out, trainer="PLPP_PromptSRC", config=config, opts=opts))
+    res = _train_py(train_args(data_root, tiny_clip_file, out, trainer="PLPP_PromptSRC", config=config,
+                               opts=[str(x) for kv in opts.items() for x in kv]))
     assert res.returncode == 0, res.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "loss_scl_text" in log and "loss_scl_logits" in log and "loss_ppl" in log and "GPA: using" in log
-    res = _train_py(train_args(data_root, tiny_clip_file, tmp_path / "eval", trainer="PLPP_PromptSRC", config=config,
-                               flags=("--eval-only", "--model-dir", str(out), "--load-epoch", "1"), opts=opts))
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads((tmp_path / "eval" / "results.json").read_text())["accuracy"] == \
-        json.loads((out / "results.json").read_text())["accuracy"]
+    evaluator = _build(_trainer_cfg("PLPP_PromptSRC", data_root, tiny_clip_file, tmp_path / "eval", **opts))
+    evaluator.load_model(str(out), epoch=1)
+    assert evaluator.test() == json.loads((out / "results.json").read_text())["accuracy"]
+
+
+def test_scripts_know_the_new_trainers(tmp_path):
+    env = script_env(tmp_path, tmp_path / "out", SEEDS="1")
+    expected = {
+        ("main.sh", "dtd", "16", "-", "PromptSRC"): ("PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml",
+                                                      "TRAINER.PROMPTSRC.GPA_MEAN 45 TRAINER.PROMPTSRC.GPA_STD 5"),
+        ("main.sh", "caltech101", "16", "-", "PLPP_PromptSRC"): (
+            "PLPP_PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml", "DATASET.NUM_SHOTS 16"),
+        ("main.sh", "dtd", "4", "-", "ProGrad"): ("ProGrad/vit_b16_ep100.yaml", "/nctx4_cscFalse_ctpend/seed1 "),
+        ("main.sh", "dtd", "2", "-", "LinearProbeCLIP"): ("LinearProbeCLIP/vit_b16.yaml", "/vit_b16_2shots/seed1 "),
+        ("base2new_train.sh", "dtd", "1", "IVLP"): ("IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+                                                   "SUBSAMPLE_CLASSES base"),
+        ("base2new_train.sh", "dtd", "1", "PLPP_KgCoOp"): ("PLPP_KgCoOp/vit_b16_ep100_ctxv1.yaml", "/shots_16/"),
+        ("base2new_train.sh", "imagenet", "1", "ProGrad"): ("ProGrad/vit_b16_ep50.yaml", "/shots_16/ProGrad/"),
+        ("xd_train.sh", "1", "PLPP_PromptSRC"): ("PLPP_PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml",
+                                                 "DATASET.NUM_SHOTS 16"),
+    }
+    for (script, *args), (config, part) in expected.items():
+        lines = commands(ok(run_script(script, "--dry-run", *args, env=env)))
+        assert len(lines) == 1 and f"--config-file configs/trainers/{config} " in lines[0], (script, args, lines)
+        assert part in lines[0], (script, args, lines[0])
+    line = commands(ok(run_script("main.sh", "--dry-run", "caltech101", "16", "-", "PromptSRC", env=env)))[0]
+    assert "GPA_MEAN" not in line  # 30/30 from the config file on the other datasets
+    for script, *args in (("base2new_train.sh", "dtd", "1", "LinearProbeCLIP"),
+                          ("xd_train.sh", "1", "LinearProbeCLIP")):
+        res = run_script(script, *args, env=env)
+        assert res.returncode != 0 and "run it with scripts/plpp/main.sh (few-shot)" in res.stderr
+
+
+def test_results_table_reads_a_linear_probe_run(tmp_path, data_root, tiny_clip_file, capsys):
+    from plpp.results.cli import main as plpp_results
+
+    run = tmp_path / "out" / "fashion_mnist" / "LinearProbeCLIP" / "vit_b16_4shots" / "seed1"
+    trainer = _build(_trainer_cfg("LinearProbeCLIP", data_root, tiny_clip_file, run))
+    trainer.train()
+    accuracy = json.loads((run / "results.json").read_text())["accuracy"]
+    assert plpp_results(["fewshot", str(tmp_path / "out"), "--format", "json", "--seeds", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trainer"] == "LinearProbeCLIP"
+    assert summary["datasets"]["fashion_mnist"]["4"]["mean"] == pytest.approx(accuracy)
