@@ -143,7 +143,7 @@ def test_logistic_regression_matches_scikit_learn_when_installed():
     gen = torch.Generator().manual_seed(5)
     y = torch.arange(40) % 4
     x = torch.randn(40, 6, generator=gen) + 2 * F.one_hot(y, 6).float()
-    ref = linear_model.LogisticRegression(C=0.1, max_iter=10000, tol=1e-10).fit(x.numpy(), y.numpy())
+    ref = linear_model.LogisticRegression(C=0.1, max_iter=10000, tol=1e-10).fit(x.double().numpy(), y.numpy())
     weight, bias = fit_logistic_regression(x, y, 4, c=0.1)
     assert torch.allclose(weight, torch.from_numpy(ref.coef_), atol=1e-4)
     assert torch.allclose(bias, torch.from_numpy(ref.intercept_), atol=1e-4)

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plpp.clip_utils import PRECISIONS
 from plpp.engine import TRAINER_REGISTRY, TrainerX
 from plpp.engine.checkpoint import CheckpointError
 from plpp.engine.utils import logger
 
-from .base import check_clip_cfg, load_clip_for
+from .base import load_clip_for
 
 #: First grid of ``C`` values (CoOp's lpclip); the first best is refined by ``SEARCH_STEPS`` rounds.
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -40,7 +41,6 @@ def add_config(cfg) -> None:
         return
     cfg.TRAINER.LINEAR_PROBE = CN()
     cfg.TRAINER.LINEAR_PROBE.PREC = "fp16"  # image features in fp16, fp32, amp or bf16 (fp16/amp: fp32 on CPU)
-    cfg.TRAINER.LINEAR_PROBE.TEXT_CHECKPOINT = "auto"  # unused (no text encoder); kept for the shared checks
     cfg.TRAINER.LINEAR_PROBE.SEARCH_STEPS = 8  # refinement rounds of the C search after the grid
     cfg.TRAINER.LINEAR_PROBE.MAX_ITER = 1000  # L-BFGS iterations per fit
     cfg.TRAINER.LINEAR_PROBE.ALLOW_TEST_AS_VAL = False  # True: choose C on a val split that is the test set
@@ -136,8 +136,13 @@ class LinearProbeCLIP(TrainerX):
     MODEL_NAME = "linear_probe"
 
     def check_cfg(self, cfg) -> None:
-        check_clip_cfg(cfg, self.PREC_KEY)
         node = cfg.TRAINER.LINEAR_PROBE
+        if node.PREC not in PRECISIONS:
+            raise ValueError(f"TRAINER.LINEAR_PROBE.PREC '{node.PREC}' is not valid; choose one of "
+                             f"{', '.join(PRECISIONS)}")
+        size = tuple(cfg.INPUT.SIZE)
+        if len(size) != 2 or size[0] != size[1]:
+            raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
         if node.SEARCH_STEPS < 0 or node.MAX_ITER < 1:
             raise ValueError("TRAINER.LINEAR_PROBE.SEARCH_STEPS must be >= 0 and MAX_ITER >= 1")
 
