@@ -106,14 +106,14 @@ def _backbone_file_diff(saved_json: dict | None, requested: dict) -> tuple[str, 
 
 def run_status(run_dir: str | Path, mode: str, train_argv: Sequence[str]) -> Status:
     """Whether ``run_dir`` is done with the config of ``train_argv`` (see the module docstring)."""
-    import yaml
-
-    from plpp.engine.runinfo import config_diff
-
     run_dir = Path(run_dir)
     finished, problem, saved_json = _finished_record(run_dir, mode)
     if not finished:
         return Status(TODO, f"{run_dir} holds no finished run")
+    import yaml  # only a finished folder needs the config machinery (torch, the trainers' keys)
+
+    from plpp.engine.runinfo import config_diff
+
     advice = f"Delete {run_dir} to run it again, or set OUTPUT (--output-dir) to another folder."
     if problem:
         return Status(CONFLICT, f"{run_dir} holds a result that does not count: {problem}. {advice}")
@@ -142,16 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", metavar="DIR", help="the run's output folder")
     parser.add_argument("--mode", choices=["train", "eval"], required=True,
                         help="train: a training run (result after 'Finish training'); eval: an eval-only run")
-    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the train.py arguments")
-    args = parser.parse_args(argv)
-    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    from plpp.engine.cli import USER_ERRORS
-
+    parser.epilog = "After '--': the train.py arguments of the requested run."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    train_args = argv[cut + 1 :]
     try:
         status = run_status(args.run_dir, args.mode, train_args)
     except SystemExit:  # train.py's parser already printed what is wrong with the arguments
         return 2
-    except USER_ERRORS as exc:
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:  # train.py's user errors
         print(f"error: the requested run is not valid: {exc}", file=sys.stderr)
         return 2
     if status.state == CONFLICT:
