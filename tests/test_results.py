@@ -614,3 +614,11 @@ def test_fewshot_published_average_only_beside_all_11_datasets(tmp_path: Path,
     assert "79.89" not in out.split("Sources of")[0] and "(published)" not in out
     fig = tmp_path / "fig.png"
     assert run_main(capsys, "plot", "fewshot", tmp_path, "-o", fig, "--compare", "published")[0] == 0
+
+
+def test_protocols_doc_lists_the_published_averages_with_their_sources() -> None:
+    lines = (REPO / "docs" / "PROTOCOLS.md").read_text().splitlines()
+    for name, row in published.TABLES["base2new"].items():
+        line = next(ln for ln in lines if ln.startswith(f"| `{name}`"))
+        assert all(f"| {v:.2f} |" in line for v in row.average), name
+        assert line.rstrip(" |").endswith(row.average_source.split(" (")[0]), name
