@@ -88,7 +88,7 @@ several methods:
   methods the top level is {"methods": {"TRAINER/cfg[/variant]": summary, ...}}. Use --trainer and
   --cfg to select one.
 
-exit status: 0 ok, 1 missing results with --strict, 2 user error.
+exit status: 0 ok, 1 missing or mismatched results with --strict, 2 user error.
 """
 
 
@@ -129,7 +129,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr")
     p.add_argument(
-        "--strict", action="store_true", help="exit with status 1 if any expected result is missing"
+        "--strict", action="store_true",
+        help="exit with status 1 if any expected result is missing or any results.json contradicts its folder"
     )
 
 

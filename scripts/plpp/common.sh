@@ -75,8 +75,8 @@ plpp_is_key() {
 }
 
 # plpp_parse "USAGE" N_REQUIRED N_OPTIONAL "$@"
-# Options may come anywhere, a trailing --dry-run included: --data DIR, --dry-run, -h/--help. The other
-# words keep their order: N_REQUIRED positional arguments, then up to N_OPTIONAL more (an empty string or
+# Options may come anywhere, a trailing --dry-run included: --data DIR, --dry-run, -h/--help (a "--"
+# ends them: every later word is an argument). The other words keep their order: N_REQUIRED positional arguments, then up to N_OPTIONAL more (an empty string or
 # "-" means "the default"; a word that looks like a config key ends them), then KEY VALUE pairs passed to
 # train.py. Every script takes its positional arguments in one order: DATASET, then SHOTS or SEED, then
 # TRAINER, then CFG (each script uses the ones it needs). Sets ARGS (always N_REQUIRED + N_OPTIONAL
@@ -99,6 +99,11 @@ plpp_parse() {
         ;;
       --data=*) DATA=${1#--data=} ;;
       --dry-run) DRY_RUN=1 ;;
+      --)
+        shift
+        words+=("$@")
+        break
+        ;;
       --?* | -[A-Za-z]*) plpp_usage_error "unknown option '$1'" ;;
       *) words+=("$1") ;;
     esac
