@@ -300,14 +300,17 @@ def test_grid_expands_the_protocol_script_per_seed_and_skips_finished_seeds(tmp_
     assert bad.returncode == 2 and "configs/datasets/nope.yaml not found" in bad.stderr
 
 
-def test_grid_command_lines_of_train_py_compare_the_saved_config(tmp_path):
+def test_grid_command_lines_of_train_py_compare_the_saved_config(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     base = [f"{REPO}/train.py", "--root", str(tmp_path), "--trainer", "CoOp", "--config-file",
             f"{REPO}/configs/trainers/CoOp/vit_b16.yaml", "--output-dir", str(run)]
     finished_run(run, base[1:] + ["OPTIM.MAX_EPOCH", "3"])
     (tmp_path / "same.txt").write_text(" ".join(["python", *base, "OPTIM.MAX_EPOCH", "3"]) + "\n")
     (tmp_path / "other.txt").write_text(" ".join(["python", *base, "OPTIM.MAX_EPOCH", "4"]) + "\n")
-    same = grid(["commands", "same.txt", "--dry-run"], tmp_path)
-    assert same.returncode == 0 and "1 job(s): 1 finished (skipped), 0 to run" in same.stdout
-    other = grid(["commands", "other.txt", "--dry-run"], tmp_path)
-    assert other.returncode == 2 and "OPTIM.MAX_EPOCH: saved 3, requested 4" in other.stderr
+    from plpp.tools import grid as grid_tool  # in-process: the config machinery is already imported here
+
+    monkeypatch.chdir(tmp_path)
+    assert grid_tool.main(["commands", "same.txt", "--dry-run"]) == 0
+    assert "1 job(s): 1 finished (skipped), 0 to run" in capsys.readouterr().out
+    assert grid_tool.main(["commands", "other.txt", "--dry-run"]) == 2
+    assert "OPTIM.MAX_EPOCH: saved 3, requested 4" in capsys.readouterr().err
