@@ -9,7 +9,8 @@
 # CFG      default per trainer: CoOp/PLPP vit_b16_ctxv1 (vit_b16_ep50_ctxv1 on ImageNet), CoCoOp and
 #          PLPP_CoCoOp vit_b16_c4_ep10_batch1_ctxv1, MaPLe and PLPP_MaPLe vit_b16_c2_ep5_batch4_2ctx
 # Environment: DATA (or --data DIR), OUTPUT (default output), PYTHON, DRY_RUN=1 (or --dry-run).
-# Output: $OUTPUT/base2new/train_base/<DATASET>/shots_16/<TRAINER>/<CFG>/seed<SEED> (skipped when finished).
+# Output: $OUTPUT/base2new/train_base/<DATASET>/shots_16/<TRAINER>/<CFG>/seed<SEED> (skipped when
+# finished with the same config; a folder holding another config's run stops the script, naming the keys).
 set -euo pipefail
 # shellcheck source=scripts/plpp/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -4,10 +4,10 @@
 # epoch rule, the "already finished" test, and printing then running one train.py command.
 #
 # Environment read by every script:
-#   DATA     data root (or --data DIR before the positional arguments); required except by demo.sh
+#   DATA     data root (or --data DIR anywhere on the command line); required except by demo.sh
 #   OUTPUT   output root (default: output, under the repository root)
 #   PYTHON   interpreter (default: python); may hold extra words, e.g. "python -X faulthandler"
-#   DRY_RUN  1: print the commands without running them (same as --dry-run)
+#   DRY_RUN  1: print the commands without running them (same as --dry-run, which may come last)
 # Relative DATA/OUTPUT paths are taken relative to the directory the script was started from.
 
 shopt -s inherit_errexit

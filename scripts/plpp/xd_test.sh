@@ -10,7 +10,8 @@
 # <model>/checkpoint pointer (else OPTIM.MAX_EPOCH of its config.yaml).
 # Environment: DATA (or --data DIR), OUTPUT (default output), PYTHON, DRY_RUN=1 (or --dry-run).
 # Model: $OUTPUT/imagenet/<TRAINER>/<CFG>_16shots/seed<SEED>
-# Output: $OUTPUT/evaluation/<TRAINER>/<CFG>_16shots/<DATASET>/seed<SEED> (skipped when finished).
+# Output: $OUTPUT/evaluation/<TRAINER>/<CFG>_16shots/<DATASET>/seed<SEED> (skipped when finished with
+# the same config; a folder holding another config's run stops the script, naming the keys).
 # Summarise with: python -m plpp.results xd $OUTPUT   (dg for the ImageNet variants)
 set -euo pipefail
 # shellcheck source=scripts/plpp/common.sh

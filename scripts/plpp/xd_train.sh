@@ -8,7 +8,8 @@
 # CFG      default per trainer: CoOp/PLPP vit_b16_ep50, CoCoOp and PLPP_CoCoOp
 #          vit_b16_c4_ep10_batch1_ctxv1, MaPLe and PLPP_MaPLe vit_b16_c2_ep5_batch4_2ctx_cross_datasets
 # Environment: DATA (or --data DIR), OUTPUT (default output), PYTHON, DRY_RUN=1 (or --dry-run).
-# Output: $OUTPUT/imagenet/<TRAINER>/<CFG>_16shots/seed<SEED> (skipped when finished); then run
+# Output: $OUTPUT/imagenet/<TRAINER>/<CFG>_16shots/seed<SEED> (skipped when finished with the same
+# config; a folder holding another config's run stops the script); then run
 # xd_test.sh (10 target datasets) and dg_test.sh (the 4 ImageNet variants).
 set -euo pipefail
 # shellcheck source=scripts/plpp/common.sh
