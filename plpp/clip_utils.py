@@ -9,7 +9,6 @@ vision side through ``encode_image_with_prompts``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import logging
 import os
@@ -64,11 +63,9 @@ def clip_cache_dir() -> str:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from plpp.provenance import file_sha256  # one pass per file and run, shared with results.json's record
+
+    return file_sha256(path)
 
 
 def resolve_weights(name: str, setting: str = "MODEL.BACKBONE.NAME") -> str:

@@ -18,6 +18,7 @@ from plpp.clip_utils import PRECISIONS, Precision, load_clip
 from plpp.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy
 from plpp.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_checked
 from plpp.engine.utils import logger
+from plpp.provenance import KIND_OPENAI, describe_backbone, identify_backbone
 
 TEXT_CHECKPOINT_CHOICES = ("auto", "always", "never")
 #: ``TEXT_CHECKPOINT auto`` checkpoints the text encoder from this many prompt tokens per training step
@@ -92,11 +93,18 @@ def load_clip_for(cfg, prec_key: str, device: torch.device) -> tuple[Precision, 
     logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
     precision = Precision(cfg.TRAINER[prec_key].PREC, device, key=f"TRAINER.{prec_key}.PREC")
     clip_model = precision.prepare(load_clip(cfg.MODEL.BACKBONE.NAME))
+    record = identify_backbone(cfg.MODEL.BACKBONE.NAME)
+    (logger.info if record["kind"] == KIND_OPENAI else logger.warning)(describe_backbone(record))
     resolution = clip_model.visual.input_resolution
     if cfg.INPUT.SIZE[0] != resolution:
         raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
                          f"{resolution}; set INPUT.SIZE ({resolution}, {resolution})")
     return precision, clip_model
+
+
+def backbone_results_metadata(cfg) -> dict:
+    """``results.json``'s ``backbone_weights``: name, file, SHA-256 and kind of ``MODEL.BACKBONE.NAME``."""
+    return {"backbone_weights": identify_backbone(cfg.MODEL.BACKBONE.NAME)}
 
 
 class ClipPromptTrainer(TrainerX):
@@ -139,6 +147,9 @@ class ClipPromptTrainer(TrainerX):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.LEARNER_NAME, learner, self.optim, self.sched)
         self.scaler = self.precision.grad_scaler()
+
+    def results_metadata(self) -> dict:
+        return backbone_results_metadata(self.cfg)
 
     def configure_text_checkpoint(self) -> None:
         """Turn activation checkpointing of the text encoder on or off (``TRAINER.<KEY>.TEXT_CHECKPOINT``)."""

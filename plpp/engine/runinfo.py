@@ -30,6 +30,13 @@ def _flatten(node, prefix: str = "") -> dict:
     return out
 
 
+def config_diff(saved: dict, current: dict, ignore=VOLATILE_KEYS) -> list[tuple[str, object, object]]:
+    """``(key, saved value, current value)`` for every flattened key (``OPTIM.LR``) whose values differ,
+    sorted, ``ignore`` left out; both dicts as ``yaml.safe_load`` reads a config dump."""
+    a, b = _flatten(saved), _flatten(current)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+
+
 def has_checkpoints(output_dir: str) -> bool:
     return bool(glob.glob(osp.join(output_dir, "*", "checkpoint")))
 
@@ -40,11 +47,8 @@ def check_resume_config(cfg, output_dir: str) -> None:
     if not (has_checkpoints(output_dir) and osp.isfile(saved_path)):
         return
     with open(saved_path, encoding="utf-8") as f:
-        saved = _flatten(yaml.safe_load(f) or {})
-    current = _flatten(yaml.safe_load(cfg.dump()))
-    diffs = [f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}"
-             for k in sorted(set(saved) | set(current))
-             if k not in VOLATILE_KEYS and saved.get(k) != current.get(k)]
+        saved = yaml.safe_load(f) or {}
+    diffs = [f"{k}: saved {a!r} vs now {b!r}" for k, a, b in config_diff(saved, yaml.safe_load(cfg.dump()))]
     if diffs:
         shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         raise ConfigMismatchError(

@@ -399,11 +399,16 @@ class SimpleTrainer(TrainerBase):
     def before_test(self, split: str) -> None:
         """Hook run once before a test loop (e.g. to cache text features)."""
 
+    def results_metadata(self) -> dict:
+        """Extra ``results.json`` fields from the method (e.g. which backbone file produced the numbers);
+        the engine knows nothing of models, so the default is none."""
+        return {}
+
     def write_results_json(self, results: dict) -> None:
         """Write ``results.json`` beside ``log.txt`` so tools never need to parse the log."""
         cfg = self.cfg
         total, correct = self.evaluator.counts
-        write_json({
+        record = {
             "format": "plpp-results/1",
             "trainer": cfg.TRAINER.NAME,
             "dataset": cfg.DATASET.NAME,
@@ -419,7 +424,10 @@ class SimpleTrainer(TrainerBase):
             "accuracy": results["accuracy"],
             "error": results["error_rate"],
             "macro_f1": results["macro_f1"],
-        }, osp.join(self.output_dir, "results.json"))
+        }
+        for key, value in getattr(self, "results_metadata", dict)().items():  # Dassl's trainer may lack the hook
+            record.setdefault(key, value)
+        write_json(record, osp.join(self.output_dir, "results.json"))
 
     def parse_batch_test(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)

@@ -11,7 +11,8 @@
 #          PromptSRC vit_b16_c2_ep20_batch4_4+4ctx, KgCoOp vit_b16_ep100_ctxv1, ProGrad vit_b16_ep100
 #          (vit_b16_ep50 on ImageNet)
 # Environment: DATA (or --data DIR), OUTPUT (default output), PYTHON, DRY_RUN=1 (or --dry-run).
-# Output: $OUTPUT/base2new/train_base/<DATASET>/shots_16/<TRAINER>/<CFG>/seed<SEED> (skipped when finished).
+# Output: $OUTPUT/base2new/train_base/<DATASET>/shots_16/<TRAINER>/<CFG>/seed<SEED> (skipped when
+# finished with the same config; a folder holding another config's run stops the script, naming the keys).
 set -euo pipefail
 # shellcheck source=scripts/plpp/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -10,7 +10,8 @@
 #          vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets, IVLP vit_b16_c2_ep20_batch4_4+4ctx, KgCoOp
 #          vit_b16_ep100_ctxv1
 # Environment: DATA (or --data DIR), OUTPUT (default output), PYTHON, DRY_RUN=1 (or --dry-run).
-# Output: $OUTPUT/imagenet/<TRAINER>/<CFG>_16shots/seed<SEED> (skipped when finished); then run
+# Output: $OUTPUT/imagenet/<TRAINER>/<CFG>_16shots/seed<SEED> (skipped when finished with the same
+# config; a folder holding another config's run stops the script); then run
 # xd_test.sh (10 target datasets) and dg_test.sh (the 4 ImageNet variants).
 set -euo pipefail
 # shellcheck source=scripts/plpp/common.sh
