@@ -478,12 +478,12 @@ def test_train_py_plpp_promptsrc_then_eval_only(tmp_path, data_root, tiny_clip_f
 def test_scripts_know_the_new_trainers(tmp_path):
     env = script_env(tmp_path, tmp_path / "out", SEEDS="1")
     expected = {
-        ("main.sh", "dtd", "16", "-", "PromptSRC"): ("PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml",
+        ("main.sh", "dtd", "16", "PromptSRC", "-"): ("PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml",
                                                       "TRAINER.PROMPTSRC.GPA_MEAN 45 TRAINER.PROMPTSRC.GPA_STD 5"),
-        ("main.sh", "caltech101", "16", "-", "PLPP_PromptSRC"): (
+        ("main.sh", "caltech101", "16", "PLPP_PromptSRC", "-"): (
             "PLPP_PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml", "DATASET.NUM_SHOTS 16"),
-        ("main.sh", "dtd", "4", "-", "ProGrad"): ("ProGrad/vit_b16_ep100.yaml", "/nctx4_cscFalse_ctpend/seed1 "),
-        ("main.sh", "dtd", "2", "-", "LinearProbeCLIP"): ("LinearProbeCLIP/vit_b16.yaml", "/vit_b16_2shots/seed1 "),
+        ("main.sh", "dtd", "4", "ProGrad", "-"): ("ProGrad/vit_b16_ep100.yaml", "/nctx4_cscFalse_ctpend/seed1 "),
+        ("main.sh", "dtd", "2", "LinearProbeCLIP", "-"): ("LinearProbeCLIP/vit_b16.yaml", "/vit_b16_2shots/seed1 "),
         ("base2new_train.sh", "dtd", "1", "IVLP"): ("IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
                                                    "SUBSAMPLE_CLASSES base"),
         ("base2new_train.sh", "dtd", "1", "PLPP_KgCoOp"): ("PLPP_KgCoOp/vit_b16_ep100_ctxv1.yaml", "/shots_16/"),
@@ -495,7 +495,7 @@ def test_scripts_know_the_new_trainers(tmp_path):
         lines = commands(ok(run_script(script, "--dry-run", *args, env=env)))
         assert len(lines) == 1 and f"--config-file configs/trainers/{config} " in lines[0], (script, args, lines)
         assert part in lines[0], (script, args, lines[0])
-    line = commands(ok(run_script("main.sh", "--dry-run", "caltech101", "16", "-", "PromptSRC", env=env)))[0]
+    line = commands(ok(run_script("main.sh", "--dry-run", "caltech101", "16", "PromptSRC", "-", env=env)))[0]
     assert "GPA_MEAN" not in line  # 30/30 from the config file on the other datasets
     for script, *args in (("base2new_train.sh", "dtd", "1", "LinearProbeCLIP"),
                           ("xd_train.sh", "1", "LinearProbeCLIP")):

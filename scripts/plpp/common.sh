@@ -426,6 +426,11 @@ plpp_no_zeroshot() {
   if plpp_is_zeroshot "$1"; then
     plpp_die "$1 trains nothing; evaluate it with scripts/plpp/zeroshot.sh"
   fi
+}
+
+# Base-to-new and cross-dataset evaluate classes the training never saw: refuse trainers that cannot.
+plpp_transfers() {
+  plpp_no_zeroshot "$1"
   if [[ $1 == LinearProbeCLIP ]]; then
     plpp_die "LinearProbeCLIP learns one weight vector per training class, so it cannot evaluate other classes or datasets; run it with scripts/plpp/main.sh (few-shot)"
   fi
@@ -452,7 +457,7 @@ plpp_base2new_setup() {
   plpp_require_data
   DATASET_CONFIG=$(plpp_dataset_config "$DATASET")
   plpp_resolve "${ARGS[2]:-PLPP}" "${ARGS[3]}" base2new "$DATASET" 16
-  plpp_no_zeroshot "$TRAINER"
+  plpp_transfers "$TRAINER"
   B2N_TRAIN_DIR="$OUTPUT/base2new/train_base/$DATASET/shots_16/$TRAINER/$CFG/seed$SEED"
   B2N_TEST_DIR="$OUTPUT/base2new/test_new/$DATASET/shots_16/$TRAINER/$CFG/seed$SEED"
 }
@@ -463,6 +468,6 @@ plpp_xd_setup() { # TRAINER CFG SEED
   plpp_require_int SEED "$3"
   plpp_require_data
   plpp_resolve "${1:-PLPP}" "$2" xd imagenet 16
-  plpp_no_zeroshot "$TRAINER"
+  plpp_transfers "$TRAINER"
   XD_MODEL_DIR="$OUTPUT/imagenet/$TRAINER/${CFG}_16shots/seed$3"
 }
