@@ -106,24 +106,44 @@ def test_host_registry_registers_free_names_into_the_host():
     assert reg.registered_names() == ["Thing"] and not reg.skipped
 
 
-def test_host_registry_keeps_a_name_the_host_already_has(caplog):
+class RecordList(logging.Handler):
+    """Keeps every record of the logger it is attached to (once, whatever pytest's capture does)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def plpp_records():
+    """The records of the ``plpp`` logger during a test, at DEBUG, without touching its propagation.
+
+    Not ``caplog``: pytest ≥ 9 also attaches its capture handler to non-propagating loggers (the
+    ``plpp`` logger is one on Dassl), so records reached caplog twice once propagation was turned on.
+    """
+    log = logging.getLogger(LOGGER_NAME)
+    handler, level = RecordList(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    yield handler.records
+    log.removeHandler(handler)
+    log.setLevel(level)
+
+
+def test_host_registry_keeps_a_name_the_host_already_has(plpp_records):
     host, reg = make_host()
     theirs = type("Thing", (), {"__module__": "trainers.coop"})
     host.register(theirs)
-    log = logging.getLogger(LOGGER_NAME)
-    propagate = log.propagate
-    with caplog.at_level(logging.DEBUG, logger=LOGGER_NAME):
-        log.propagate = True  # setup_logger() in an earlier test may have turned it off
-        try:
-            assert reg.register()(Thing) is Thing  # no KeyError from the refusing host
-            other = type("Other", (), {"__module__": "trainers.cocoop"})
-            host.register(other)
-            reg.register(Other)
-        finally:
-            log.propagate = propagate
+    assert reg.register()(Thing) is Thing  # no KeyError from the refusing host
+    other = type("Other", (), {"__module__": "trainers.cocoop"})
+    host.register(other)
+    reg.register(Other)
     assert host.get("Thing") is theirs and host.get("Other") is other
     assert reg.skipped == {"Thing": Thing, "Other": Other}
-    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    infos = [r.getMessage() for r in plpp_records if r.levelno == logging.INFO]
     assert len(infos) == 1 and '"Thing" is already registered by trainers.coop; keeping it' in infos[0]
 
 
@@ -289,8 +309,8 @@ def test_setup_logger_puts_prints_and_log_lines_in_one_log(tmp_path, restore_log
 
 def test_route_logger_to_stdout_follows_a_replaced_stdout(capsys, restore_logging):
     dassl_compat.route_logger_to_stdout()
-    dassl_compat.route_logger_to_stdout()  # idempotent: one handler
-    assert len(restore_logging.handlers) == 1
+    dassl_compat.route_logger_to_stdout()  # idempotent: one handler (pytest's capture handlers aside)
+    assert sum(isinstance(h, dassl_compat._StdoutHandler) for h in restore_logging.handlers) == 1
     restore_logging.info("to whatever stdout is now")
     assert capsys.readouterr().out == "to whatever stdout is now\n"
 
