@@ -368,7 +368,7 @@ def dassl_warmup_works() -> bool:
 
 def step_values(log: str) -> list[tuple[str, ...]]:
     """(epoch/batch, loss, acc, lr) of every training line: the fields CoOp's trainer and ours both print."""
-    pattern = re.compile(r"epoch \[(\d+/\d+)\] batch \[(\d+/\d+)\] .* loss (\S+ \(\S+\)) .* acc (\S+ \(\S+\)) "
+    pattern = re.compile(r"epoch \[(\d+/\d+)\] batch \[(\d+/\d+)\] .*?\bloss (\S+ \(\S+\)) .*?\bacc (\S+ \(\S+\)) "
                          r"lr (\S+)")
     return [m.groups() for m in map(pattern.match, log.splitlines()) if m]
 
