@@ -41,7 +41,7 @@ CLIP_DISTRIBUTIONS = ("clip-anytorch", "openai-clip", "clip")
 STOCK_CLIP_NAME = "plpp._stock_clip"
 
 
-class ClipPackageError(ImportError):
+class ClipPackageError(RuntimeError):
     """The stock ``clip`` package is not installed where ``importlib.metadata`` can find it."""
 
 

@@ -127,6 +127,14 @@ def test_plpp_ignores_a_checkouts_own_clip(trainer, shadowing_checkout, small_da
     assert facts["ours"] == str(Path(stock_clip_dir()) / "__init__.py")
 
 
+def test_no_installed_clip_distribution_is_one_clear_error(monkeypatch):
+    from plpp import clip_utils
+
+    monkeypatch.setattr(clip_utils, "CLIP_DISTRIBUTIONS", ("no-such-clip-distribution",))
+    with pytest.raises(clip_utils.ClipPackageError, match="Install it with: pip install clip-anytorch"):
+        clip_utils.stock_clip_dir()
+
+
 @pytest.mark.parametrize("value,ok", [("a photo of a", True), ("", True), (False, True), (True, False), (1, False)])
 def test_ctx_init_must_be_words_or_false(value, ok):
     """A train.py may declare CTX_INIT as a flag (KgCoOp): False means a random context, True is refused."""
@@ -380,7 +388,7 @@ def test_coop_checkout_plpp_with_zero_weights_is_its_own_coop(checkout, pets_roo
     root = checkout("CoOp")
     if not dassl_warmup_works():
         pytest.skip("this Dassl's warm-up scheduler fails on this torch, so the checkout's own CoOp cannot run; "
-                    "patch the scratch copy as docs/INTEGRATION.md §4 says")
+                    "patch a copy of Dassl as docs/INTEGRATION.md §1 says")
     runner = tmp_path / "run_local_weights.py"
     runner.write_text(LOCAL_WEIGHTS_RUNNER)
     common = ["TRAINER.COOP.N_CTX", "4", "TRAINER.COOP.PREC", "fp32"]
