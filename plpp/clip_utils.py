@@ -3,13 +3,16 @@
 Nothing here forks CLIP: the text transformer's blocks are run one by one so that callers can read
 the per-token hidden states (what PLPP needs), checkpoint activations, or replace prompt tokens
 between blocks (deep prompts, on the text side through ``TextEncoder(between=...)`` and on the
-vision side through ``encode_image_with_prompts``).
+vision side through ``encode_image_with_prompts``). The ``clip`` package is the installed
+distribution's, loaded under a private name (:func:`import_clip`), so a checkout's own modified
+``clip/`` (MaPLe, PromptSRC, ...) can neither break nor silently change our model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import os.path as osp
@@ -31,10 +34,39 @@ class ClipWeightsError(RuntimeError):
     """CLIP weights could not be found, downloaded or read; the message says how to provide them."""
 
 
-def import_clip() -> types.ModuleType:
-    """Import the ``clip`` package, shimming ``pkg_resources`` where setuptools ≥ 82 removed it."""
-    if "clip.clip" in sys.modules:
-        return sys.modules["clip"]
+#: The installed distributions that provide the stock ``clip`` package, in order of preference.
+CLIP_DISTRIBUTIONS = ("clip-anytorch", "openai-clip", "clip")
+#: The private name the stock package is loaded under (never ``clip``, which a checkout may own).
+STOCK_CLIP_NAME = "plpp._stock_clip"
+
+
+class ClipPackageError(RuntimeError):
+    """The stock ``clip`` package is not installed where ``importlib.metadata`` can find it."""
+
+
+def stock_clip_dir() -> str:
+    """The folder of the installed ``clip`` distribution's package (``.../site-packages/clip``).
+
+    Found through the installed distributions' file lists, never through ``sys.path``: a checkout's
+    own ``clip/`` folder (MaPLe, PromptSRC, ... ship a modified copy) is not an installed distribution.
+    """
+    from importlib import metadata
+
+    for name in CLIP_DISTRIBUTIONS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        init = osp.abspath(str(dist.locate_file("clip/__init__.py")))
+        if osp.isfile(init):
+            return osp.dirname(init)
+    raise ClipPackageError(
+        "The stock CLIP package is not installed (none of the distributions "
+        f"{', '.join(CLIP_DISTRIBUTIONS)} provides clip/__init__.py). Install it with: pip install clip-anytorch")
+
+
+def _shim_pkg_resources() -> None:
+    """Give the clip packages the ``pkg_resources.packaging`` they import (setuptools ≥ 82 removed it)."""
     try:
         importlib.import_module("pkg_resources")
     except ImportError:
@@ -44,13 +76,37 @@ def import_clip() -> types.ModuleType:
         shim = types.ModuleType("pkg_resources")
         shim.packaging = packaging  # the only attribute the clip packages use
         sys.modules["pkg_resources"] = shim
-    import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # pkg_resources deprecation notice
-        clip = importlib.import_module("clip")
-    importlib.import_module("clip.model")
-    return clip
+
+def import_clip() -> types.ModuleType:
+    """The installed ``clip`` distribution's package, loaded under the private name ``plpp._stock_clip``.
+
+    Whatever module is ``sys.modules["clip"]`` (a checkout's modified copy, imported by its own
+    trainers) is neither used nor replaced: our model is always the stock one, and the checkout's
+    trainers keep theirs. Submodules are ``import_clip().clip``, ``.model`` and ``.simple_tokenizer``.
+    """
+    module = sys.modules.get(STOCK_CLIP_NAME)
+    if module is not None:
+        return module
+    folder = stock_clip_dir()
+    _shim_pkg_resources()
+    spec = importlib.util.spec_from_file_location(STOCK_CLIP_NAME, osp.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[STOCK_CLIP_NAME] = module
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pkg_resources deprecation notice
+            spec.loader.exec_module(module)
+            for sub in ("clip", "model", "simple_tokenizer"):
+                setattr(module, sub, importlib.import_module(f"{STOCK_CLIP_NAME}.{sub}"))
+    except BaseException:
+        for name in [n for n in sys.modules if n == STOCK_CLIP_NAME or n.startswith(STOCK_CLIP_NAME + ".")]:
+            del sys.modules[name]
+        raise
+    return module
 
 
 def clip_models() -> dict[str, str]:

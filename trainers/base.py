@@ -119,6 +119,11 @@ class ClipPromptTrainer(TrainerX):
 
     def check_cfg(self, cfg) -> None:
         check_clip_cfg(cfg, self.PREC_KEY)
+        init = cfg.TRAINER[self.PREC_KEY].get("CTX_INIT", "")
+        if not isinstance(init, str) and init is not False:  # False: "no words" where a train.py declares a flag
+            raise ValueError(f"TRAINER.{self.PREC_KEY}.CTX_INIT must be the words to initialise the context from "
+                             f"('' for a random context), got {init!r}. A train.py that declares CTX_INIT as a "
+                             "flag (KgCoOp's) only allows False (a random context) for PLPP's trainers.")
 
     def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         """Return the host model; it must have a ``prompt_learner`` submodule."""

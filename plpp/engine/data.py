@@ -245,15 +245,23 @@ def build_data_loader(cfg, data_source, batch_size: int, tfm=None, is_train: boo
                       dataset_wrapper=None, sampler_type: str | None = None) -> DataLoader:
     """A loader over ``data_source``: random order for training, sequential for testing.
 
+    In a single process the loader uses the global RNGs exactly as Dassl's does, so the same seed gives
+    the same batches on either engine: each pass draws one number from the global torch generator for
+    the workers' base seed and (training) one for the ``RandomSampler`` permutation, and the transforms
+    draw from the global generator (``NUM_WORKERS 0``) or from workers seeded by torch from that base
+    seed. No generator of its own, no reseeding: checkpoints carry the RNG states, and restoring them
+    makes a resumed run repeat the uninterrupted run's batches.
+
     In a multi-process run the training set is split over ranks (``DistributedSampler``) and
-    ``batch_size`` is the global batch, divided evenly between ranks. An evaluation set is split
-    into contiguous blocks without padding (``ShardSampler``), each rank taking batches of
-    ``batch_size`` from its block; the evaluator gathers the predictions in rank order.
+    ``batch_size`` is the global batch, divided evenly between ranks; the loader then has its own
+    generator, seeded per rank and epoch by ``TrainerX.before_epoch``, so each rank's workers augment
+    differently. An evaluation set is split into contiguous blocks without padding (``ShardSampler``),
+    each rank taking batches of ``batch_size`` from its block; the evaluator gathers the predictions
+    in rank order.
     """
     wrapper = (dataset_wrapper or DatasetWrapper)(cfg, data_source, transform=tfm, is_train=is_train)
-    generator = torch.Generator()
-    generator.manual_seed(cfg.SEED if cfg.SEED >= 0 else torch.seed() % (2**63))
     world = get_world_size()
+    generator = None
     if is_train and sampler_type not in (None, "RandomSampler"):
         raise ValueError(f"Sampler '{sampler_type}' is not supported by the built-in engine; use RandomSampler")
     if is_train and is_dist():
@@ -264,8 +272,10 @@ def build_data_loader(cfg, data_source, batch_size: int, tfm=None, is_train: boo
         seed = cfg.SEED if cfg.SEED >= 0 else shared_random_seed()  # the same permutation on every rank
         sampler = DistributedSampler(wrapper, num_replicas=world, rank=get_rank(), shuffle=True, seed=seed,
                                      drop_last=True)
+        generator = torch.Generator()
+        generator.manual_seed(seed + (get_rank() << 48))
     elif is_train:
-        sampler = RandomSampler(wrapper, generator=generator)
+        sampler = RandomSampler(wrapper)  # draws its permutation from the global generator, as in Dassl
     elif is_dist():
         sampler = ShardSampler(wrapper)
     else:

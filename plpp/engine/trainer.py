@@ -41,7 +41,7 @@ from .distributed import (
 )
 from .evaluator import build_evaluator
 from .registry import TRAINER_REGISTRY, unknown_name_message
-from .utils import AverageMeter, MetricMeter, logger, set_random_seed, write_json, write_text_atomic
+from .utils import AverageMeter, MetricMeter, logger, write_json, write_text_atomic
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -49,7 +49,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed an epoch's data order and augmentation use: fixed by the run seed and epoch alone."""
+    """The seed of a multi-process run's per-rank loader generator in ``epoch``: fixed by seed and epoch."""
     return (seed + 1) * 1_000_003 + epoch
 
 
@@ -106,7 +106,10 @@ class CheckpointIO:
             if self._scheds.get(name) and state.get("scheduler") is not None:
                 self._scheds[name].load_state_dict(state["scheduler"])
             if state.get("rng") is not None:
-                set_rng_state(state["rng"])
+                set_rng_state(state["rng"])  # the next epoch draws what it would have drawn without the restart
+            else:
+                logger.info(f"Note: {fpath} holds no RNG states; the resumed epochs will not repeat the batches "
+                            "of an uninterrupted run")
             start_epoch = int(state["epoch"])
             logger.info(f"Loaded {fpath} (epoch {start_epoch})")
         return start_epoch
@@ -444,20 +447,17 @@ class TrainerX(SimpleTrainer):
     """A trainer for labelled data: one pass over ``train_loader_x`` per epoch."""
 
     def before_epoch(self) -> None:
-        """Seed this epoch from (SEED, epoch) so a resumed run repeats the same batches and crops.
+        """Multi-process runs only: a new split of the data over ranks, and per-rank worker seeds, each epoch.
 
-        In a multi-process run every rank gets the same global seed (same model-side randomness),
-        the loader workers a per-rank one (their own augmentation draws), and the distributed
-        sampler its epoch (a new split of the data over ranks each epoch).
+        A single-process run does nothing here, as Dassl does: its loader draws from the global RNGs
+        (see :func:`plpp.engine.data.build_data_loader`), which are seeded once by ``train.py`` and
+        restored from the checkpoint on resume, never reseeded per epoch.
         """
         loader = self.train_loader_x
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(self.epoch)
-        if self.cfg.SEED >= 0:
-            seed = epoch_seed(self.cfg.SEED, self.epoch)
-            set_random_seed(seed)
-            if loader.generator is not None:
-                loader.generator.manual_seed(seed + (get_rank() << 48))
+        if loader.generator is not None and self.cfg.SEED >= 0:
+            loader.generator.manual_seed(epoch_seed(self.cfg.SEED, self.epoch) + (get_rank() << 48))
 
     def run_epoch(self) -> None:
         self.set_model_mode("train")
