@@ -129,7 +129,7 @@ def test_the_scan_sees_conditional_and_dynamic_imports(tmp_path):
 
 
 def test_scipy_missing_is_one_line_saying_what_to_install(monkeypatch):
-    from datasets.splits import DatasetError, import_loadmat
+    from plpp.datasets.splits import DatasetError, import_loadmat
 
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # what Python does for a module that is not installed
     with pytest.raises(DatasetError, match=r"needs scipy, which is not installed: pip install scipy"):
