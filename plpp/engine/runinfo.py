@@ -184,6 +184,10 @@ def prepare_evaluation(cfg, identity: dict) -> str | None:
     if not holds_run(folder):
         return None
     record = run_record(folder) or {}
+    if not record and (saved_results(folder) or {}).get("eval_only"):
+        raise OutputDirError(f"{folder} holds an evaluation record without run.json (from an earlier PLPP), so it "
+                             "cannot be checked that it is this evaluation. Delete it to evaluate again, or use "
+                             "another --output-dir.")
     if record.get("mode") != "eval":
         raise OutputDirError(f"{folder} holds a training run or files this command did not write; an evaluation "
                              "never writes there. Use another --output-dir.")
