@@ -284,6 +284,7 @@ class CheckpointIO:
         return {"epoch": int(getattr(self, "evaluated_epoch", 0)), "weights_from": files or None,
                 "final_model": self.cfg.TEST.FINAL_MODEL if getattr(self, "trained_this_run", False) else None}
 
+
 def _checkpoint_epoch(fpath: str) -> int | None:
     """The epoch stored in a checkpoint, or None when the file is missing or unreadable."""
     try:
