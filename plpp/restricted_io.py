@@ -25,6 +25,7 @@ import io
 import os
 import pickle
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ def _open_zip(path: Source, what: str) -> zipfile.ZipFile:
         raise RestrictedLoadError(f"{what}: file not found")
     try:
         return zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, EOFError):
         with open(path, "rb") as f:
             head = f.read(len(LEGACY_MAGIC))
         if head == LEGACY_MAGIC:
@@ -262,8 +263,8 @@ def _unpickle(archive: zipfile.ZipFile, prefix: str, what: str, unknown: str, sc
     except RestrictedLoadError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            RuntimeError, zipfile.BadZipFile, OSError) as exc:
-        raise RestrictedLoadError(f"{what} has a damaged data.pkl ({type(exc).__name__}: {exc})") from None
+            RuntimeError, zipfile.BadZipFile, OSError, zlib.error) as exc:
+        raise RestrictedLoadError(f"{what} is damaged ({type(exc).__name__}: {exc})") from None
 
 
 def load_restricted(path: Source, *, unknown: str = "refuse", what: str | None = None) -> Any:
@@ -277,16 +278,21 @@ def load_restricted(path: Source, *, unknown: str = "refuse", what: str | None =
         raise ValueError(f"unknown must be 'refuse' or 'skip', got {unknown!r}")
     what = what or str(path)
     with _open_zip(path, what) as archive:
-        prefix = _archive_prefix(archive, what)
+        try:
+            prefix = _archive_prefix(archive, what)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise RestrictedLoadError(f"{what} is damaged ({type(exc).__name__}: {exc})") from None
         return _unpickle(archive, prefix, what, unknown, script_classes=False)
 
 
 def is_torchscript_archive(path: Source) -> bool:
     """True when ``path`` is a zip archive with TorchScript code (``<top>/code/`` or ``constants.pkl``)."""
-    if not zipfile.is_zipfile(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(n.count("/") >= 1 and n.split("/", 2)[1] in ("code", "constants.pkl") for n in archive.namelist())
+    return any(n.count("/") >= 1 and n.split("/", 2)[1] in ("code", "constants.pkl") for n in names)
 
 
 @dataclass
@@ -339,7 +345,7 @@ def _module_tensors(obj: ScriptObject, classes: dict[str, _ScriptClass], what: s
     if cls.has_setstate or not isinstance(obj.state, dict):
         raise RestrictedLoadError(
             f"{what}: class {obj.name} restores itself with its own __setstate__ code, which a weights "
-            "file never needs; it was not run and the file was not loaded. Use the official release file")
+            "file never needs; it was not run and the file was not loaded")
     state = obj.state
     for names in (cls.parameters, cls.buffers):
         for name in state:
@@ -361,8 +367,11 @@ def read_torchscript_state_dict(path: Source, what: str | None = None) -> Ordere
     """
     what = what or str(path)
     with _open_zip(path, what) as archive:
-        prefix = _archive_prefix(archive, what)
-        classes = _script_classes(archive, prefix, what)
+        try:
+            prefix = _archive_prefix(archive, what)
+            classes = _script_classes(archive, prefix, what)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise RestrictedLoadError(f"{what} is damaged ({type(exc).__name__}: {exc})") from None
         root = _unpickle(archive, prefix, what, "refuse", script_classes=True)
     if not isinstance(root, ScriptObject):
         raise RestrictedLoadError(f"{what}: the archive's data.pkl does not hold a TorchScript module")

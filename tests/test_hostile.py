@@ -354,14 +354,21 @@ def test_restricted_reader_gives_exactly_what_torch_jit_load_gives(kind, tmp_pat
         assert torch.equal(got[key].reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8)), key
 
 
-def test_random_bytes_backbone_is_one_line_without_torch_advice(tmp_path, capsys):
+@pytest.mark.parametrize("damage,expected", [("random", "not a PyTorch file"), ("truncated", "not a PyTorch file"),
+                                              ("flipped", "is damaged (BadZipFile: Bad CRC-32")])
+def test_broken_backbone_file_is_one_line_without_torch_advice(damage, expected, tmp_path, capsys):
     from plpp.tools.check_weights import main as check_weights
 
     path = tmp_path / "ViT-B-16.pt"
-    path.write_bytes(os.urandom(4096))
+    torch.save(build_tiny_clip().state_dict(), path)
+    good = path.read_bytes()
+    middle = len(good) // 2
+    broken = {"random": os.urandom(4096), "truncated": good[:middle],
+              "flipped": good[:middle] + bytes(b ^ 0xFF for b in good[middle:middle + 4096]) + good[middle + 4096:]}
+    path.write_bytes(broken[damage])
     assert check_weights([str(path)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and str(path) in err and "not a PyTorch file" in err
+    assert err.count("\n") == 0 and str(path) in err and expected in err
     assert "weights_only" not in err
 
 
