@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import os.path as osp
+import re
 import sys
 import types
 from collections.abc import Sequence
@@ -156,33 +157,88 @@ def resolve_weights(name: str, setting: str = "MODEL.BACKBONE.NAME") -> str:
             "file (TorchScript archive or state dict).") from None
 
 
+#: Keys every CLIP state dict has, whatever the image tower (``clip.model.CLIP``).
+CLIP_CORE_KEYS = ("positional_embedding", "text_projection", "token_embedding.weight", "ln_final.weight")
+EXPECTED_WEIGHTS = ("Expected an OpenAI CLIP release (e.g. ViT-B-16.pt) or a torch.save'd state dict of "
+                    "clip.model.CLIP (e.g. from python -m plpp.tools.random_clip)")
+
+
+def _few(names: Sequence[str], n: int = 4) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" (and {len(names) - n} more)" if len(names) > n else "")
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    import warnings
+    """The tensors of a CLIP weights file, read without running anything stored in it.
+
+    TorchScript archives (OpenAI's releases) go through :mod:`plpp.restricted_io`, which never runs
+    their code; ``torch.save`` files are unpickled with tensors and plain containers only. A
+    ``{"state_dict": ...}`` wrapper (with or without a ``plpp_origin`` marker) is unwrapped.
+    """
+    from plpp.restricted_io import (
+        RestrictedLoadError,
+        is_torchscript_archive,
+        load_restricted,
+        read_torchscript_state_dict,
+    )
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit deprecation notice; OpenAI ships TorchScript archives
-            archive = torch.jit.load(path, map_location="cpu")
-        return archive.state_dict()
-    except RuntimeError:
-        pass
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ClipWeightsError(f"Cannot read CLIP weights from {path} ({type(exc).__name__}: {exc}). "
-                               "Expected an OpenAI TorchScript archive or a torch.save'd state dict.") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        if is_torchscript_archive(path):
+            state = read_torchscript_state_dict(path)
+        else:
+            state = load_restricted(path)
+    except RestrictedLoadError as exc:
+        raise ClipWeightsError(f"Cannot read CLIP weights: {exc}. {EXPECTED_WEIGHTS}.") from None
+    except OSError as exc:
+        raise ClipWeightsError(f"Cannot read CLIP weights from {path} ({exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or "token_embedding.weight" not in state:
-        raise ClipWeightsError(f"{path} is not a CLIP state dict (no 'token_embedding.weight')")
+    if not isinstance(state, dict):
+        raise ClipWeightsError(f"{path} holds a {type(state).__name__}, not a CLIP state dict. {EXPECTED_WEIGHTS}.")
+    others = [str(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if others:
+        raise ClipWeightsError(f"{path} is not a CLIP state dict: entries {_few(others)} are not named tensors. "
+                               f"{EXPECTED_WEIGHTS}.")
+    missing = [k for k in CLIP_CORE_KEYS if k not in state]
+    if missing:
+        held = f"it holds {len(state)} tensors, e.g. {_few(list(state), 3)}" if state else "it holds no tensors"
+        raise ClipWeightsError(f"{path} is not a CLIP state dict: {_few(missing)} missing ({held}). "
+                               f"{EXPECTED_WEIGHTS}.")
     return state
+
+
+def _key_list(message: str, label: str) -> list[str]:
+    """The key names after ``label`` in a ``load_state_dict`` error message."""
+    match = re.search(label + r' in state_dict: (.*?)\.\s*(?:\n|$)', message)
+    return re.findall(r'"([^"]+)"', match.group(1)) if match else []
+
+
+def _build_clip(state: dict[str, torch.Tensor], path: str) -> nn.Module:
+    """``clip.model.build_model`` on ``state``; a layout it does not fit is one message naming the keys."""
+    try:
+        return import_clip().model.build_model(dict(state))
+    except KeyError as exc:
+        key = exc.args[0] if exc.args else "?"
+        raise ClipWeightsError(f"{path} is not a complete CLIP state dict: '{key}' is missing. "
+                               f"{EXPECTED_WEIGHTS}.") from None
+    except (RuntimeError, AssertionError, ValueError, IndexError, ZeroDivisionError) as exc:
+        text = str(exc)
+        parts = []
+        for label, what in (("Missing key\\(s\\)", "missing"), ("Unexpected key\\(s\\)", "unexpected")):
+            keys = _key_list(text, label)
+            if keys:
+                parts.append(f"{what} {_few(keys)}")
+        shapes = [m.split(":")[0] for m in text.split("size mismatch for ")[1:]]
+        if shapes:
+            parts.append(f"wrong shape for {_few(shapes)}")
+        detail = "; ".join(parts) or f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        raise ClipWeightsError(f"{path} does not fit CLIP's layout ({detail}). {EXPECTED_WEIGHTS}.") from None
 
 
 def load_clip(name: str) -> nn.Module:
     """Build ``clip.model.CLIP`` on the CPU, in fp32, from a CLIP name or a local weights file."""
     path = resolve_weights(name)
-    state = _read_state_dict(path)
-    model = import_clip().model.build_model(dict(state))
+    model = _build_clip(_read_state_dict(path), path)
     return model.float().eval()
 
 

@@ -1,7 +1,9 @@
 """Checkpoint files: tensors and plain numbers only, written atomically, loaded with ``weights_only``.
 
 A file is first written to ``<name>.tmp-<pid>`` and then renamed, so a crash never leaves a half
-file under a checkpoint name; the ``checkpoint`` pointer beside it is updated only afterwards.
+file under a checkpoint name; the ``checkpoint`` pointer beside it is updated only afterwards. A
+kill can leave such temporary files behind: :func:`remove_stale_temp_files` clears them when the
+next run takes the folder.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import os
 import os.path as osp
 import pickle
 import random
+import re
+import shutil
 import zipfile
 from typing import Any
 
@@ -17,10 +21,20 @@ import numpy as np
 import torch
 
 FORMAT = "plpp-checkpoint/1"
+BEST_FILE = "model-best.pth.tar"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, truncated, unsafe, or for another model."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file that exists but cannot be read (truncated or damaged)."""
+
+
+#: Temporary files of an interrupted atomic write: ``<name>.tmp-<pid>`` (checkpoints), ``<name>.tmp.<pid>`` (text).
+TEMP_FILE = re.compile(r".+\.tmp[-.]\d+$")
+NUMBERED = re.compile(r"^model\.pth\.tar-(\d+)$")
 
 
 def save_checkpoint(state: dict, fpath: str) -> None:
@@ -33,6 +47,20 @@ def save_checkpoint(state: dict, fpath: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, fpath)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def copy_file_atomic(src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder (fsync, rename)."""
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
@@ -51,13 +79,49 @@ def load_checkpoint(fpath: str) -> dict:
             "keep only 'state_dict'), or retrain."
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"Checkpoint {fpath} is truncated or corrupt ({type(exc).__name__}: {exc}). Delete it; a resumed "
-            "run then starts from the previous complete checkpoint."
-        ) from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorruptCheckpointError(f"Checkpoint {fpath} is truncated or corrupt ({reason}).") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"Checkpoint {fpath} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def require_fields(state: dict, fpath: str, fields: list[str], purpose: str) -> None:
+    """Raise one :class:`CheckpointError` naming ``fpath`` and the first of ``fields`` it lacks."""
+    for name in fields:
+        if name not in state:
+            held = ", ".join(sorted(map(str, state))[:8]) or "nothing"
+            raise CheckpointError(
+                f"Checkpoint {fpath} has no '{name}' field, which {purpose} needs (it holds: {held}). It was not "
+                "written by a training run of this engine or Dassl; point to the output folder of such a run.")
+
+
+def numbered_checkpoints(directory: str) -> dict[int, str]:
+    """Epoch → path of each ``model.pth.tar-<epoch>`` in ``directory``."""
+    if not osp.isdir(directory):
+        return {}
+    found = {}
+    for name in os.listdir(directory):
+        match = NUMBERED.match(name)
+        if match:
+            found[int(match.group(1))] = osp.join(directory, name)
+    return found
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Delete temporary files that an interrupted atomic write left in ``directory`` and its sub-folders.
+
+    Call it only while holding the folder's run lock: then no live writer owns such a file.
+    """
+    removed = []
+    if not osp.isdir(directory):
+        return removed
+    for folder in [directory] + [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]:
+        for entry in os.scandir(folder):
+            if entry.is_file(follow_symlinks=False) and TEMP_FILE.match(entry.name):
+                os.remove(entry.path)
+                removed.append(entry.path)
+    return removed
 
 
 def extract_state_dict(state: dict, fpath: str) -> dict[str, torch.Tensor]:

@@ -19,6 +19,47 @@ from .registry import DATASET_REGISTRY, unknown_name_message
 from .utils import logger, read_image
 
 
+class DataCheckError(ValueError):
+    """Labels that cannot give a right answer (a class without training images, ...); names class and split."""
+
+
+def check_class_coverage(train_x: Sequence, val: Sequence | None = None, test: Sequence | None = None,
+                         name: str = "dataset") -> None:
+    """Refuse labelled lists on which a run would fail or be silently wrong, naming the class and the split.
+
+    Every label ``0 .. N-1`` (N = largest label + 1, Dassl's rule) needs training images, val and test
+    labels must all be training labels, and each label must carry one class name everywhere.
+    """
+    if not train_x:
+        raise DataCheckError(f"{name}: the training split has no images. Check DATASET.ROOT and the split "
+                             "file (python -m plpp.datasets.check --root ROOT lists every problem).")
+    splits = {"train": train_x, "val": val or [], "test": test or []}
+    counts: dict[str, dict[int, int]] = {key: defaultdict(int) for key in splits}
+    names: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for key, items in splits.items():
+        for item in items:
+            counts[key][item.label] += 1
+            names[item.label][item.classname].add(key)
+    problems = []
+    for label in sorted(names):
+        if len(names[label]) > 1:
+            shown = "; ".join(f"'{n}' in {'/'.join(sorted(where))}" for n, where in sorted(names[label].items()))
+            problems.append(f"label {label} has {len(names[label])} class names ({shown})")
+    for label in range(max(names) + 1):
+        if counts["train"].get(label):
+            continue
+        found = [f"{counts[k][label]} in {k}" for k in ("val", "test") if counts[k].get(label)]
+        cname = next(iter(names[label]), None) if label in names else None
+        what = f"class {label}" + (f" ('{cname}')" if cname else "")
+        problems.append(f"{what} has no training images" + (f" ({', '.join(found)})" if found
+                                                               else " and no images in any split"))
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise DataCheckError(
+            f"{name}: {shown}. Labels must be 0..N-1, each class with training images and one name; check the "
+            "split file and DATASET.ROOT (python -m plpp.datasets.check --root ROOT lists every problem).")
+
+
 class Datum:
     """One labelled image: path, label, domain and class name. Read-only; the file must exist."""
 
@@ -53,6 +94,7 @@ class DatasetBase:
     domains: list[str] = []
 
     def __init__(self, train_x=None, train_u=None, val=None, test=None) -> None:
+        check_class_coverage(train_x, val, test, type(self).__name__)
         self._train_x = train_x
         self._train_u = train_u
         self._val = val
