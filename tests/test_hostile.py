@@ -21,10 +21,18 @@ import pytest
 import torch
 
 from plpp.engine.cli import main as train_main
-from tests.conftest import PYTHON, REPO, SMALL_RUN_OPTS, build_tiny_clip, subprocess_env, train_args
+from tests.conftest import (
+    PYTHON,
+    REPO,
+    SMALL_RUN_OPTS,
+    build_tiny_clip,
+    subprocess_env,
+    train_args,
+    write_fashion_mnist,
+)
 
 # A 5-epoch best_val run whose validation accuracy peaks before the last epochs (25, 25, 50, 25, 50 with
-# seed 7): a resumed run that forgot the best score would replace model-best.pth.tar after resuming. It
+# seed 8): a resumed run that forgot the best score would replace model-best.pth.tar after resuming. It
 # keeps the checkpoints of epochs 2 and 4 besides the last (TRAIN.CHECKPOINT_FREQ 2).
 EPOCHS = 5
 BEST_VAL = ("TRAINER.COOP.CSC", "True", "OPTIM.NAME", "adam", "OPTIM.LR", "0.1", "OPTIM.WARMUP_EPOCH", "0",
@@ -32,7 +40,7 @@ BEST_VAL = ("TRAINER.COOP.CSC", "True", "OPTIM.NAME", "adam", "OPTIM.LR", "0.1",
 
 
 def args_for(data_root, clip_file, out, epochs=EPOCHS, extra=(), flags=()) -> list[str]:
-    return train_args(data_root, clip_file, out, seed=7, flags=flags,
+    return train_args(data_root, clip_file, out, seed=8, flags=flags,
                       opts=("OPTIM.MAX_EPOCH", str(epochs), *SMALL_RUN_OPTS, *BEST_VAL, *extra))
 
 
@@ -87,21 +95,29 @@ def epoch_lines(log: str) -> dict[str, str]:
     return out
 
 
+def fresh_data_root(tmp_path_factory) -> Path:
+    """``small_data_root``'s data without its few-shot cache: a run that samples its shots draws from Python's
+    RNG (saved in every checkpoint), one that reads the cache does not, so byte-compared runs both sample."""
+    root = tmp_path_factory.mktemp("data")
+    write_fashion_mnist(root, n_classes=4, train_per_class=10, test_per_class=4)
+    return root
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, small_data_root, tiny_clip_file) -> Path:
+def reference(tmp_path_factory, tiny_clip_file) -> Path:
     """One unbroken best_val run (read-only for the tests that use it)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    res = train(args_for(small_data_root, tiny_clip_file, out))
+    res = train(args_for(fresh_data_root(tmp_path_factory), tiny_clip_file, out))
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
 
 @pytest.fixture(scope="module")
-def interrupted(tmp_path_factory, small_data_root, tiny_clip_file) -> dict:
+def interrupted(tmp_path_factory, tiny_clip_file) -> dict:
     """The same run, disturbed: a second start while it runs, kill -9 in epoch 4, kill -9 after the last
     checkpoint (before the final test), then a rerun that finishes it."""
     out = tmp_path_factory.mktemp("interrupted") / "run"
-    args = [PYTHON, "train.py", *args_for(small_data_root, tiny_clip_file, out)]
+    args = [PYTHON, "train.py", *args_for(fresh_data_root(tmp_path_factory), tiny_clip_file, out)]
     log = out / "log.txt"
     env = subprocess_env()
     first = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
