@@ -39,7 +39,10 @@ class ConditionalPromptLearner(PromptLearner):
     ``π`` is Linear(D → D//16) – ReLU – Linear(D//16 → d), with D the image-feature width
     (``text_projection.shape[1]``) and d the token width, both read from the model (512→32→512 for
     ViT-B/16). Class-dependent token embeddings are non-persistent buffers (see ``PromptLearner``).
+    Under ``PREC fp16`` both ``ctx`` and ``π`` are fp16, as upstream's ``.half()``-ed meta-net.
     """
+
+    FP16_PARAMETERS = ("ctx", "meta_net")
 
     def __init__(self, cocoop_cfg, classnames: list[str], clip_model: nn.Module) -> None:
         layout = SimpleNamespace(N_CTX=cocoop_cfg.N_CTX, CTX_INIT=cocoop_cfg.CTX_INIT, CSC=False,
