@@ -316,6 +316,14 @@ class Precision:
                         "optimizer state (no fp32 master copy, no loss scaling); PREC amp keeps fp32 master weights")
         return names
 
+    def loss_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits as the host's cross-entropy takes them: in fp32, except under ``fp16``.
+
+        Upstream's ``fp16`` computes the cross-entropy on the half logits, and its gradients then differ
+        from an fp32 loss's at half precision; kept, so that ``fp16`` trains exactly what upstream trains.
+        """
+        return logits if self.mode == "fp16" else logits.float()
+
     def autocast(self):
         if self.mode == "amp":
             return torch.autocast(self.device.type, dtype=torch.float16)
@@ -396,14 +404,16 @@ class TextEncoder(nn.Module):
 def replace_tokens(x: torch.Tensor, start: int | None, tokens: torch.Tensor) -> torch.Tensor:
     """Put ``tokens`` [n, w] at sequence positions ``start .. start+n`` of ``x`` [L, N, w] (all N rows).
 
-    ``start=None`` replaces the last ``n`` positions. Returns a new tensor in ``x``'s dtype.
+    ``start=None`` replaces the last ``n`` positions. Returns a new tensor in ``x``'s dtype. The tokens are
+    expanded before the cast, so their gradient is summed over the N rows in their own dtype (fp32 prompts
+    of an fp16 model: upstream MaPLe's order, and a sum that does not round in half).
     """
     n = tokens.shape[0]
     if start is None:
         start = x.shape[0] - n
     if start < 0 or start + n > x.shape[0]:
         raise ValueError(f"cannot place {n} prompt tokens at position {start} of a {x.shape[0]}-token sequence")
-    block = tokens.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
+    block = tokens.unsqueeze(1).expand(-1, x.shape[1], -1).to(x.dtype)
     return torch.cat([x[:start], block, x[start + n :]], dim=0)
 
 
@@ -447,7 +457,7 @@ def encode_image_with_prompts(visual: nn.Module, image: torch.Tensor, first_prom
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
     if first_prompt is not None:
-        x = torch.cat([x, first_prompt.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        x = torch.cat([x, first_prompt.expand(x.shape[0], -1, -1).to(x.dtype)], dim=1)
     x = visual.ln_pre(x).permute(1, 0, 2)  # [L, B, w]
     between = deep_prompt_hook(deep_prompts, None) if deep_prompts else None
     x = run_blocks(x, visual.transformer.resblocks, use_checkpoint, between)

@@ -202,7 +202,8 @@ class ClipPromptTrainer(TrainerX):
     def forward_train(self, image: torch.Tensor, label: torch.Tensor) -> TrainOutput:
         """The host's training objective: cross-entropy on the image-text logits of ``train_pass``."""
         fwd = self.train_pass(image)
-        return TrainOutput(fwd.logits, {"loss_ce": (1.0, F.cross_entropy(fwd.logits.float(), label))}, forward=fwd)
+        loss_ce = F.cross_entropy(self.precision.loss_logits(fwd.logits), label)
+        return TrainOutput(fwd.logits, {"loss_ce": (1.0, loss_ce)}, forward=fwd)
 
     def forward_backward(self, batch) -> dict:
         image, label = self.parse_batch_train(batch)

@@ -28,8 +28,8 @@ def add_config(cfg) -> None:
         return
     cfg.TRAINER.COCOOP = CN()
     cfg.TRAINER.COCOOP.N_CTX = 16  # number of context tokens
-    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (sets N_CTX to its length)
-    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (N_CTX = its words, as upstream)
+    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.COCOOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
 
 

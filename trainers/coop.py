@@ -23,8 +23,8 @@ def add_config(cfg) -> None:
     cfg.TRAINER.COOP = CN()
     cfg.TRAINER.COOP.N_CTX = 16  # number of context tokens
     cfg.TRAINER.COOP.CSC = False  # class-specific context
-    cfg.TRAINER.COOP.CTX_INIT = ""  # initialise the context from this text (N_CTX = its words; one shared context)
-    cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.COOP.CTX_INIT = ""  # initialise the context from this text (N_CTX = its words; shared even with CSC)
+    cfg.TRAINER.COOP.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.COOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle or front
 

@@ -44,7 +44,7 @@ def add_config(cfg) -> None:
     cfg.TRAINER.MAPLE = CN()
     cfg.TRAINER.MAPLE.N_CTX = 2  # learnable tokens per layer (the first N_CTX words of CTX_INIT)
     cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"  # prompt text; its words after the first N_CTX stay fixed
-    cfg.TRAINER.MAPLE.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.MAPLE.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.MAPLE.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9  # layers with prompts (1: first layer only), on both towers
 
