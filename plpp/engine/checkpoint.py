@@ -119,8 +119,8 @@ def skipped_object_names(value: Any, found: set[str] | None = None) -> set[str]:
     from plpp.restricted_io import SkippedObject
 
     found = set() if found is None else found
-    if isinstance(value, SkippedObject):
-        found.add(value.name)
+    if isinstance(value, SkippedObject) or (isinstance(value, type) and issubclass(value, SkippedObject)):
+        found.add(value.name)  # an object, or a class or function the file only names
     elif isinstance(value, dict):
         for item in value.values():
             skipped_object_names(item, found)
