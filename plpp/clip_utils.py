@@ -251,18 +251,24 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 class Precision:
-    """How a CLIP model runs: ``fp32``, ``fp16`` (weights in half, fp32 prompt parameters), ``amp`` or ``bf16``.
+    """How a CLIP model runs: ``fp32``, ``fp16`` (upstream's half precision), ``amp`` or ``bf16``.
 
-    ``fp16`` and ``amp`` fall back to fp32 on the CPU (half kernels there are slow or missing), and
-    ``bf16`` falls back to fp32 on a device without bf16 support, each with one log line saying so.
-    In ``fp16`` the prompt parameters stay fp32 master copies (the hosts create them after ``prepare``
-    and cast them in the forward pass), so the optimizer and its state work in fp32.
+    ``fp16`` is upstream's: CLIP's weights in half, and the prompt tensors that upstream creates in
+    CLIP's dtype (``ctx``, CoCoOp's meta-net, MaPLe's ``proj``: see :meth:`cast_learnable`) trained in
+    fp16 by plain SGD, with fp16 optimizer state and no loss scaling. ``amp`` keeps fp32 master weights
+    and autocasts the forward pass with a gradient scaler (the recommended mixed precision). ``fp16``
+    and ``amp`` fall back to fp32 on the CPU (half kernels there are slow or missing), and ``bf16``
+    falls back to fp32 on a device without bf16 support, each with one log line saying so.
     """
+
+    #: ``fp16`` prompt tensors are declared by the prompt learner in this attribute (names or name prefixes).
+    LEARNER_ATTR = "FP16_PARAMETERS"
 
     def __init__(self, prec: str, device: torch.device, key: str = "PREC") -> None:
         if prec not in PRECISIONS:
             raise ValueError(f"{key} '{prec}' is not valid; choose one of {', '.join(PRECISIONS)}")
         self.requested = prec
+        self.key = key
         self.device = torch.device(device)
         if self.device.type != "cuda" and prec in ("fp16", "amp"):
             logger.info(f"Note: {key} {prec} needs CUDA; running in fp32 on {self.device.type}")
@@ -281,6 +287,42 @@ class Precision:
         if self.mode == "fp16":
             import_clip().model.convert_weights(clip_model)
         return clip_model
+
+    def learnable_dtype(self, learner: nn.Module, name: str) -> torch.dtype:
+        """The dtype the learner's parameter ``name`` trains in: fp16 under ``fp16`` when the learner declares it."""
+        if self.mode != "fp16":
+            return torch.float32
+        prefixes = tuple(getattr(learner, self.LEARNER_ATTR, ()))
+        half = any(name == p or name.startswith(p + ".") for p in prefixes)
+        return torch.float16 if half else torch.float32
+
+    def cast_learnable(self, learner: nn.Module) -> dict[str, list[str]]:
+        """Give each parameter of the prompt learner the dtype upstream trains it in; returns names per dtype.
+
+        Under ``fp16`` the parameters the learner lists in ``FP16_PARAMETERS`` (those upstream creates in
+        CLIP's dtype or ``.half()``s) become fp16, so the optimizer built on them steps and keeps its state
+        in fp16, as upstream's does; the others stay fp32 as in upstream (MaPLe's and IVLP's deep prompts,
+        cast to CLIP's dtype in the forward pass). In every other mode all parameters stay fp32. Call it
+        before the optimizer is built; the forward passes cast prompts to the encoders' dtype either way.
+        """
+        names: dict[str, list[str]] = {"fp16": [], "fp32": []}
+        for name, param in learner.named_parameters():
+            dtype = self.learnable_dtype(learner, name)
+            if param.dtype != dtype:
+                param.data = param.data.to(dtype)
+            names["fp16" if dtype == torch.float16 else "fp32"].append(name)
+        if self.mode == "fp16" and names["fp16"]:
+            logger.info(f"{self.key} fp16, as upstream: {', '.join(names['fp16'])} trained in fp16 with fp16 "
+                        "optimizer state (no fp32 master copy, no loss scaling); PREC amp keeps fp32 master weights")
+        return names
+
+    def loss_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits as the host's cross-entropy takes them: in fp32, except under ``fp16``.
+
+        Upstream's ``fp16`` computes the cross-entropy on the half logits, and its gradients then differ
+        from an fp32 loss's at half precision; kept, so that ``fp16`` trains exactly what upstream trains.
+        """
+        return logits if self.mode == "fp16" else logits.float()
 
     def autocast(self):
         if self.mode == "amp":
@@ -362,14 +404,16 @@ class TextEncoder(nn.Module):
 def replace_tokens(x: torch.Tensor, start: int | None, tokens: torch.Tensor) -> torch.Tensor:
     """Put ``tokens`` [n, w] at sequence positions ``start .. start+n`` of ``x`` [L, N, w] (all N rows).
 
-    ``start=None`` replaces the last ``n`` positions. Returns a new tensor in ``x``'s dtype.
+    ``start=None`` replaces the last ``n`` positions. Returns a new tensor in ``x``'s dtype. The tokens are
+    expanded before the cast, so their gradient is summed over the N rows in their own dtype (fp32 prompts
+    of an fp16 model: upstream MaPLe's order, and a sum that does not round in half).
     """
     n = tokens.shape[0]
     if start is None:
         start = x.shape[0] - n
     if start < 0 or start + n > x.shape[0]:
         raise ValueError(f"cannot place {n} prompt tokens at position {start} of a {x.shape[0]}-token sequence")
-    block = tokens.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
+    block = tokens.unsqueeze(1).expand(-1, x.shape[1], -1).to(x.dtype)
     return torch.cat([x[:start], block, x[start + n :]], dim=0)
 
 
@@ -413,7 +457,7 @@ def encode_image_with_prompts(visual: nn.Module, image: torch.Tensor, first_prom
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
     if first_prompt is not None:
-        x = torch.cat([x, first_prompt.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        x = torch.cat([x, first_prompt.expand(x.shape[0], -1, -1).to(x.dtype)], dim=1)
     x = visual.ln_pre(x).permute(1, 0, 2)  # [L, B, w]
     between = deep_prompt_hook(deep_prompts, None) if deep_prompts else None
     x = run_blocks(x, visual.transformer.resblocks, use_checkpoint, between)

@@ -68,11 +68,22 @@ class SkippedObject:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> SkippedObject:
         obj = object.__new__(cls)
-        obj.args, obj.kwargs, obj.state = args, kwargs, None
+        obj.args, obj.kwargs, obj.state, obj.items = args, kwargs, None, []
         return obj
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass  # calling the stand-in (pickle's REDUCE) only records the arguments, in __new__
+
+    # Items a pickle adds to a container object (SETITEMS/APPENDS, e.g. an optimizer's ``defaultdict``
+    # state inside a pickled scheduler) are recorded as they come, never handed to the named class.
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items.append((key, value))
+
+    def append(self, value: Any) -> None:
+        self.items.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.items.extend(values)
 
     def __repr__(self) -> str:
         return f"{type(self).__qualname__}({self.name!r})"

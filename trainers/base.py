@@ -112,6 +112,8 @@ class ClipPromptTrainer(TrainerX):
 
     PREC_KEY = "COOP"  # the TRAINER.<KEY> block holding PREC and the prompt settings
     LEARNER_NAME = "prompt_learner"
+    #: Other folders of a run that may hold the prompt learner's checkpoints (upstream's registered name).
+    UPSTREAM_MODEL_NAMES: tuple[str, ...] = ()
 
     @property
     def method_cfg(self):
@@ -143,6 +145,7 @@ class ClipPromptTrainer(TrainerX):
         learner = self.model.prompt_learner
         for name, param in self.model.named_parameters():
             param.requires_grad_(name.startswith("prompt_learner."))
+        self.precision.cast_learnable(learner)  # PREC fp16: upstream's fp16 prompt tensors (before the optimizer)
         n_train = sum(p.numel() for p in learner.parameters() if p.requires_grad)
         logger.info(f"Trainable parameters: {n_train:,} (prompt learner only)")
         if cfg.MODEL.INIT_WEIGHTS:
@@ -165,14 +168,32 @@ class ClipPromptTrainer(TrainerX):
         self.model.text_encoder.use_checkpoint = on
         logger.info(f"Text encoder activation checkpointing: {'on' if on else 'off'} ({reason})")
 
-    @staticmethod
-    def load_init_weights(module: nn.Module, path: str) -> None:
-        """Initialise ``module`` from a checkpoint (ours or a bare state dict), strictly and safely."""
+    def load_init_weights(self, module: nn.Module, path: str) -> None:
+        """Initialise the prompt learner from a checkpoint (ours, upstream's, or a bare state dict), strictly.
+
+        Pickled objects in the file are skipped, never built; upstream's names are mapped as for
+        ``--eval-only`` (``adapt_state_dict``).
+        """
         if osp.isdir(path):
             raise CheckpointError(f"MODEL.INIT_WEIGHTS must be a checkpoint file, got the folder {path}")
-        state = load_checkpoint(path)
-        load_state_dict_checked(module, extract_state_dict(state, path), f"MODEL.INIT_WEIGHTS {path}")
+        state = load_checkpoint(path, pickled_objects="skip")
+        state_dict = self.adapt_state_dict(self.LEARNER_NAME, extract_state_dict(state, path), path)
+        load_state_dict_checked(module, state_dict, f"MODEL.INIT_WEIGHTS {path}")
         logger.info(f"Initialised the prompt learner from {path}")
+
+    def checkpoint_folders(self, name: str) -> tuple[str, ...]:
+        """The run folders that may hold ``name``: ours, then upstream's name for the prompt learner (if any)."""
+        return (name, *self.UPSTREAM_MODEL_NAMES) if name == self.LEARNER_NAME else (name,)
+
+    def adapt_state_dict(self, name: str, state_dict: dict, source: str) -> dict:
+        """Map an upstream checkpoint of the prompt learner to its names (see ``PromptLearner.from_upstream_names``)."""
+        learner = self.model.prompt_learner
+        if name != self.LEARNER_NAME or not hasattr(learner, "from_upstream_names"):
+            return state_dict
+        state_dict, notes = learner.from_upstream_names(state_dict)
+        if notes:
+            logger.info(f"{source}: upstream checkpoint of {type(learner).__name__}: {'; '.join(notes)}")
+        return state_dict
 
     def train_pass(self, image: torch.Tensor) -> ForwardPass:
         """The model's forward pass in training (the PLPP mixin also asks it for the context states)."""
@@ -181,7 +202,8 @@ class ClipPromptTrainer(TrainerX):
     def forward_train(self, image: torch.Tensor, label: torch.Tensor) -> TrainOutput:
         """The host's training objective: cross-entropy on the image-text logits of ``train_pass``."""
         fwd = self.train_pass(image)
-        return TrainOutput(fwd.logits, {"loss_ce": (1.0, F.cross_entropy(fwd.logits.float(), label))}, forward=fwd)
+        loss_ce = F.cross_entropy(self.precision.loss_logits(fwd.logits), label)
+        return TrainOutput(fwd.logits, {"loss_ce": (1.0, loss_ce)}, forward=fwd)
 
     def forward_backward(self, batch) -> dict:
         image, label = self.parse_batch_train(batch)

@@ -28,8 +28,8 @@ def add_config(cfg) -> None:
         return
     cfg.TRAINER.COCOOP = CN()
     cfg.TRAINER.COCOOP.N_CTX = 16  # number of context tokens
-    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (sets N_CTX to its length)
-    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (N_CTX = its words, as upstream)
+    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.COCOOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
 
 
@@ -39,7 +39,10 @@ class ConditionalPromptLearner(PromptLearner):
     ``π`` is Linear(D → D//16) – ReLU – Linear(D//16 → d), with D the image-feature width
     (``text_projection.shape[1]``) and d the token width, both read from the model (512→32→512 for
     ViT-B/16). Class-dependent token embeddings are non-persistent buffers (see ``PromptLearner``).
+    Under ``PREC fp16`` both ``ctx`` and ``π`` are fp16, as upstream's ``.half()``-ed meta-net.
     """
+
+    FP16_PARAMETERS = ("ctx", "meta_net")
 
     def __init__(self, cocoop_cfg, classnames: list[str], clip_model: nn.Module) -> None:
         layout = SimpleNamespace(N_CTX=cocoop_cfg.N_CTX, CTX_INIT=cocoop_cfg.CTX_INIT, CSC=False,

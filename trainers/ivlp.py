@@ -33,7 +33,7 @@ def _declare(cfg, key: str, n_ctx: int, depth: int) -> None:
     node.N_CTX_VISION = n_ctx  # learned vision tokens per layer
     node.N_CTX_TEXT = n_ctx  # learned text tokens per layer (the first N_CTX_TEXT words of CTX_INIT)
     node.CTX_INIT = "a photo of a"  # prompt text; its words after the first N_CTX_TEXT stay fixed
-    node.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    node.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     node.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
     node.PROMPT_DEPTH_VISION = depth  # vision layers with prompts (0: none)
     node.PROMPT_DEPTH_TEXT = depth  # text layers with prompts (1: first layer only)

@@ -66,13 +66,24 @@ def copy_file_atomic(src: str, dst: str) -> None:
             os.remove(tmp)
 
 
-def load_checkpoint(fpath: str) -> dict:
-    """Load a checkpoint on the CPU without executing pickled code; clear errors for bad files."""
+def load_checkpoint(fpath: str, pickled_objects: str = "refuse") -> dict:
+    """Load a checkpoint on the CPU without executing pickled code; clear errors for bad files.
+
+    ``pickled_objects="refuse"`` (resuming, our own files) stops at a file that holds pickled Python
+    objects. ``"skip"`` (evaluating or initialising from another codebase's checkpoint, e.g. a Dassl run
+    whose ``scheduler`` pickles its successor scheduler) reads such a file with the restricted reader of
+    :mod:`plpp.restricted_io` instead: every object becomes an inert record (never built, no code run),
+    the tensors and plain values come back, and one log line names what was skipped.
+    """
+    if pickled_objects not in ("refuse", "skip"):
+        raise ValueError(f"pickled_objects must be 'refuse' or 'skip', got {pickled_objects!r}")
     if not osp.isfile(fpath):
         raise CheckpointError(f"Checkpoint not found: {fpath}. Check --model-dir and --load-epoch.")
     try:
         state = torch.load(fpath, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if pickled_objects == "skip":
+            return _load_skipping_objects(fpath)
         raise CheckpointError(
             f"Checkpoint {fpath} contains pickled Python objects, which are never loaded because loading "
             "them can run arbitrary code. Re-save it with tensors and numbers only (for Dassl checkpoints: "
@@ -84,6 +95,39 @@ def load_checkpoint(fpath: str) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"Checkpoint {fpath} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def _load_skipping_objects(fpath: str) -> dict:
+    """A checkpoint with pickled objects, read by the restricted reader with every object skipped."""
+    from plpp.restricted_io import RestrictedLoadError, load_restricted
+
+    from .utils import logger
+
+    try:
+        state = load_restricted(fpath, unknown="skip", what=f"Checkpoint {fpath}")
+    except RestrictedLoadError as exc:
+        raise CorruptCheckpointError(str(exc)) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"Checkpoint {fpath} holds a {type(state).__name__}, expected a dict")
+    skipped = sorted(skipped_object_names(state))
+    logger.info(f"{fpath} holds pickled Python objects; they were skipped, never built: {', '.join(skipped)}")
+    return state
+
+
+def skipped_object_names(value: Any, found: set[str] | None = None) -> set[str]:
+    """The class names of the objects the restricted reader skipped in ``value`` (dicts, lists, tuples)."""
+    from plpp.restricted_io import SkippedObject
+
+    found = set() if found is None else found
+    if isinstance(value, SkippedObject) or (isinstance(value, type) and issubclass(value, SkippedObject)):
+        found.add(value.name)  # an object, or a class or function the file only names
+    elif isinstance(value, dict):
+        for item in value.values():
+            skipped_object_names(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            skipped_object_names(item, found)
+    return found
 
 
 def require_fields(state: dict, fpath: str, fields: list[str], purpose: str) -> None:

@@ -234,12 +234,37 @@ class CheckpointIO:
                 copy_file_atomic(osp.join(folder, f"model.pth.tar-{best_epoch}"), best_path)
                 logger.info(f"Restored {best_path} from the checkpoint of epoch {best_epoch}")
 
+    def checkpoint_folders(self, name: str) -> tuple[str, ...]:
+        """Folders of a run that may hold model ``name``'s checkpoints, in the order they are tried.
+
+        Hook: a trainer adds the folder another codebase saves the same model under (upstream MaPLe's
+        ``MultiModalPromptLearner``), so ``--eval-only --model-dir <that run>`` finds it.
+        """
+        return (name,)
+
+    def adapt_state_dict(self, name: str, state_dict: dict, source: str) -> dict:
+        """Hook: map the tensors of a checkpoint being evaluated to model ``name``'s names (default: as they are).
+
+        A trainer maps another codebase's names and drops what does not belong to the model there; the
+        result is then loaded strictly.
+        """
+        return state_dict
+
+    def _model_folder(self, directory: str, name: str) -> str:
+        folders = [osp.join(directory, f) for f in self.checkpoint_folders(name)]
+        found = [f for f in folders if osp.isdir(f)]
+        if found and found[0] != folders[0]:
+            logger.info(f"{folders[0]} does not exist; reading {name} from {found[0]}")
+        return found[0] if found else folders[0]
+
     def load_model(self, directory: str, epoch: int | None = None, fallback_to_last: bool = True) -> None:
         """Load each model from ``model-best.pth.tar`` or ``model.pth.tar-<epoch>`` for evaluation.
 
         Without ``epoch`` and without a ``model-best.pth.tar`` the newest checkpoint (``checkpoint``
         pointer) is loaded when ``fallback_to_last``, with a log line saying so. The loaded epoch and
-        files are kept for ``results.json``.
+        files are kept for ``results.json``. Files written by Dassl-based codebases load too: their
+        pickled objects are skipped, never built (``load_checkpoint(..., pickled_objects="skip")``), and
+        their tensors go through ``adapt_state_dict`` before the strict load.
         """
         names = self.get_model_names()
         if not names:
@@ -248,21 +273,24 @@ class CheckpointIO:
         fname = BEST_FILE if epoch is None else f"model.pth.tar-{epoch}"
         loaded, epochs = {}, set()
         for name in names:
-            fpath = osp.join(directory, name, fname)
+            folder = self._model_folder(directory, name)
+            fpath = osp.join(folder, fname)
             if epoch is None and not osp.exists(fpath) and fallback_to_last:
-                pointer = osp.join(directory, name, "checkpoint")
+                pointer = osp.join(folder, "checkpoint")
                 if osp.isfile(pointer):
                     with open(pointer, encoding="utf-8") as f:
-                        fpath = osp.join(directory, name, osp.basename(f.read().strip()))
-                    logger.info(f"{osp.join(directory, name, fname)} does not exist; loading the newest checkpoint, "
-                                f"{fpath}")
-            state = load_checkpoint(fpath)
+                        fpath = osp.join(folder, osp.basename(f.read().strip()))
+                    logger.info(f"{osp.join(folder, fname)} does not exist; loading the newest checkpoint, {fpath}")
+            state = load_checkpoint(fpath, pickled_objects="skip")
             require_fields(state, fpath, ["state_dict", "epoch"], "evaluation (results.json records the epoch)")
+            if not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool):
+                raise CheckpointError(f"Checkpoint {fpath}: its 'epoch' is {state['epoch']!r}, not a number of epochs")
             if state.get("backbone") and state["backbone"] != self.cfg.MODEL.BACKBONE.NAME:
                 raise CheckpointError(
                     f"{fpath} was trained with backbone '{state['backbone']}' but MODEL.BACKBONE.NAME is "
                     f"'{self.cfg.MODEL.BACKBONE.NAME}'. Use the same backbone config for evaluation.")
-            load_state_dict_checked(self._models[name], extract_state_dict(state, fpath), fpath)
+            state_dict = self.adapt_state_dict(name, extract_state_dict(state, fpath), fpath)
+            load_state_dict_checked(self._models[name], state_dict, fpath)
             logger.info(f'Loading weights to {name} from "{fpath}" (epoch = {state.get("epoch")})')
             loaded[name] = fpath
             epochs.add(state["epoch"])
