@@ -17,13 +17,15 @@ fp16 all run. The text prompts do not depend on the image: evaluation encodes th
 from __future__ import annotations
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from plpp.clip_utils import deep_prompt_hook, encode_image_with_prompts, is_vision_transformer, token_length
+from plpp.clip_utils import encode_image_with_prompts, is_vision_transformer, token_length
 from plpp.engine import TRAINER_REGISTRY
+from plpp.text import TextPrompts
 
 from .base import ClipPromptTrainer
 from .coop import CustomCLIP, PromptLearner, init_context
@@ -40,6 +42,7 @@ def add_config(cfg) -> None:
     cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"  # prompt text; its words after the first N_CTX stay fixed
     cfg.TRAINER.MAPLE.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
     cfg.TRAINER.MAPLE.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
+    cfg.TRAINER.MAPLE.TEXT_PASS = "fast"  # fast: only the tokens that can change the features (exact); full: all 77
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9  # layers with prompts (1: first layer only), on both towers
 
 
@@ -92,6 +95,13 @@ class MultiModalPromptLearner(PromptLearner):
         template = nn.Linear(width, vision_width)
         self.deep_projections = nn.ModuleList([copy.deepcopy(template) for _ in range(depth - 1)])
 
+    def text_prompts(self) -> TextPrompts:
+        """CoOp's prompts plus the deep text prompts, which replace the context tokens before blocks 1 .. J-1.
+
+        They sit inside the shared prefix (``[SOS][ctx][fixed words]``), so the fast text pass runs them once.
+        """
+        return dataclasses.replace(super().text_prompts(), deep=tuple(self.deep_text_prompts), deep_start=1)
+
     def vision_prompts(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The first-layer vision prompt ``[n, w]`` and the deeper ones ``[J-1] × [n, w]``."""
         first = self.proj(self.ctx)
@@ -102,8 +112,9 @@ class MultiModalPromptLearner(PromptLearner):
 class MaPLeCLIP(CustomCLIP):
     """CLIP with multi-modal deep prompts: ``forward(image [B, 3, H, W]) -> logits [B, C]``.
 
-    ``forward``, the evaluation text cache and ``forward_with_states`` come from CoOp's model: the
-    context states are class-independent here too (the deep text prompts sit before the class name).
+    ``forward``, ``encode_text``, the evaluation text cache and ``forward_with_states`` come from CoOp's
+    model: the context states are class-independent here too (the deep text prompts sit before the
+    class name), and the prompt learner's ``text_prompts`` carries the deep prompts.
     """
 
     CFG_KEY = "MAPLE"
@@ -115,13 +126,6 @@ class MaPLeCLIP(CustomCLIP):
         first, deep = self.prompt_learner.vision_prompts()
         feats = encode_image_with_prompts(self.image_encoder, image, first, deep)
         return feats / feats.norm(dim=-1, keepdim=True)
-
-    def encode_text(self, return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class features ``[C, D]`` (normalised) and, optionally, token states ``[C, L, d]``."""
-        learner = self.prompt_learner
-        between = deep_prompt_hook(list(learner.deep_text_prompts), start=1)
-        feats, states = self.text_encoder(learner(), learner.tokenized_prompts, return_states, between=between)
-        return feats / feats.norm(dim=-1, keepdim=True), states
 
 
 @TRAINER_REGISTRY.register()
