@@ -19,7 +19,7 @@ from plpp.clip_utils import import_clip, tokenize
 from plpp.engine import get_cfg_default
 from plpp.perplexity import perplexity_losses
 from plpp.text import TextEncoder, TextLayout, TextPrompts, text_layout
-from plpp.text.plan import make_plan, split_lengths
+from plpp.text.plan import BUCKET_OVERHEAD_TOKENS, make_plan, split_lengths
 from plpp.trainers import extend_cfg
 from plpp.trainers.base import check_clip_cfg
 from plpp.trainers.cocoop import CoCoOpCLIP
@@ -30,7 +30,7 @@ from tests.conftest import build_tiny_clip
 from tests.text_reference import stock_features
 
 FILL = " ".join(["x"] * 70)  # with 4 tokens before it: [SOS] 4 + 70 + "." + [EOT] = 77, the whole context
-CLASSNAMES = ["cat", "golden retriever", "hot air balloon", FILL, "Chihuahua", "sea_lion"]  # 1, 2, 3, 70, 4, 2 tokens
+CLASSNAMES = ["cat", "golden retriever", "hot air balloon", FILL, "axolotl", "sea_lion"]  # 1, 2, 3, 70, 4, 2 tokens
 HOSTS = {"CoOp": CustomCLIP, "CoCoOp": CoCoOpCLIP, "MaPLe": MaPLeCLIP}
 CASES = {  # host, TRAINER overrides
     "coop": ("CoOp", {}),
@@ -40,6 +40,13 @@ CASES = {  # host, TRAINER overrides
     "cocoop": ("CoCoOp", {}),
     "maple": ("MaPLe", {}),
 }
+
+
+@pytest.fixture(autouse=True)
+def many_buckets(monkeypatch):
+    """Buckets cost nothing here, so every distinct prompt length gets one (up to 8): the bucketing and
+    reordering run in every test of this module (elsewhere these tiny prompts fit one bucket)."""
+    monkeypatch.setitem(BUCKET_OVERHEAD_TOKENS, "cpu", 0)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +133,7 @@ def test_fast_pass_equals_full_pass(clip_model, case, prec):
     layout = model.prompt_learner.layout
     assert max(layout.eot) == 76  # one prompt fills the whole context
     assert (layout.shared_len > 0) == (case in ("coop", "cocoop", "maple"))
-    assert len(make_plan(layout, 1, torch.device("cpu")).buckets) > 1  # the long prompt gets its own bucket
+    assert len(model.text_encoder.plan(layout, 1).buckets) == 5  # one per distinct length, reordered
 
 
 def test_one_block_over_a_cached_prefix_equals_the_stock_block(clip_model):
@@ -204,7 +211,7 @@ def test_evaluation_predictions_are_identical(clip_model, case):
 
 
 def test_zero_shot_template_ensemble(clip_model):
-    names = CLASSNAMES[:3] + ["Chihuahua", "sea lion"]
+    names = CLASSNAMES[:3] + ["axolotl", "sea lion"]
     templates = IMAGENET_TEMPLATES_SELECT + ["{} texture."]  # the last shares only [SOS]
     features = {}
     for mode in ("full", "fast"):
@@ -247,8 +254,9 @@ def test_the_prefix_runs_once_and_nothing_after_an_eot_runs(clip_model, case, gr
     assert logits.shape == (groups, len(CLASSNAMES))
 
 
-def test_imagenet_names_compute_a_few_percent_of_the_tokens():
+def test_imagenet_names_compute_a_few_percent_of_the_tokens(monkeypatch):
     """CoOp's 16-token context before ImageNet's 1000 names (torchvision's metadata, no download)."""
+    monkeypatch.setitem(BUCKET_OVERHEAD_TOKENS, "cpu", 48)
     torchvision = pytest.importorskip("torchvision")
     names = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
     tokens = tokenize([f"{' '.join(['X'] * 16)} {name}." for name in names])

@@ -80,7 +80,7 @@ class TextEncoder(nn.Module):
         key = (layout, groups, device)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = make_plan(layout, groups, device)
+            plan = self._plans[key] = make_plan(layout, groups, device, self.tower.text_projection.shape[0])
             if len(self._plans) > _PLAN_CACHE_SIZE:
                 self._plans.popitem(last=False)
         return plan
@@ -165,8 +165,8 @@ class TextEncoder(nn.Module):
         tails, queries = [], []  # per bucket: [G, n, T, d], and the positions its last block computes [n, Q]
         whole = len(plan.buckets) == 1 and plan.order is None  # one bucket, every prompt in order: no gather
         for bucket in plan.buckets:
-            rest = prompts.rest if whole else prompts.rest.index_select(-3, bucket.rows)
-            rest = rest[..., : bucket.length, :]
+            rest = prompts.rest[..., : bucket.length, :]
+            rest = rest if whole else rest.index_select(-3, bucket.rows)
             x = tower.embed(rest, shared_len)
             tails.append(x if x.dim() == 4 else x.unsqueeze(0).expand(groups, -1, -1, -1))
             q = bucket.eot[:, None]

@@ -2,8 +2,9 @@
 
 Prompts of different lengths are grouped into length buckets; each bucket is truncated at its longest
 EOT. More buckets compute fewer padding tokens but run more (smaller) kernels, so the split minimises
-``tokens + BUCKET_OVERHEAD_TOKENS × buckets`` (exact either way: a causal transformer never lets a token
-after the EOT change the EOT's state).
+``tokens + overhead × buckets`` (exact either way: a causal transformer never lets a token after the EOT
+change the EOT's state). A token costs ∝ width², a kernel launch does not, so the overhead in tokens is
+``BUCKET_OVERHEAD_TOKENS[device] × (512 / width)²``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,22 @@ import torch
 
 from .layout import TextLayout
 
-__all__ = ["BUCKET_OVERHEAD_TOKENS", "MAX_BUCKETS", "Bucket", "TextPlan", "make_plan", "split_lengths"]
+__all__ = ["BUCKET_OVERHEAD_TOKENS", "MAX_BUCKETS", "Bucket", "TextPlan", "bucket_overhead", "make_plan",
+           "split_lengths"]
 
-#: What one more bucket costs, in tokens of work, per device type: each bucket runs its own kernels in every
-#: layer, which on a GPU cost about as much as a few thousand tokens, on a CPU a few dozen. A heuristic:
-#: it changes speed only, never results.
+#: What one more bucket costs, in tokens of work at width 512, per device type: each bucket runs its own
+#: kernels in every layer, which on a GPU cost about as much as a few thousand tokens, on a CPU a few dozen.
+#: A heuristic: it changes speed only, never results.
 BUCKET_OVERHEAD_TOKENS: dict[str, int] = {"cpu": 48, "cuda": 4096}
 DEFAULT_OVERHEAD_TOKENS = 4096
+REFERENCE_WIDTH = 512
 MAX_BUCKETS = 8
+
+
+def bucket_overhead(device: torch.device, width: int) -> int:
+    """One bucket's fixed cost in tokens of work, for a tower of this width on this device."""
+    base = BUCKET_OVERHEAD_TOKENS.get(torch.device(device).type, DEFAULT_OVERHEAD_TOKENS)
+    return int(base * (REFERENCE_WIDTH / width) ** 2)
 
 
 @dataclass(frozen=True)
@@ -86,13 +95,13 @@ def split_lengths(lengths: list[int], groups: int, overhead: int, max_buckets: i
     return bounds[::-1]
 
 
-def make_plan(layout: TextLayout, groups: int, device: torch.device) -> TextPlan:
-    """The buckets for ``groups`` groups of ``layout``'s prompts on ``device`` (index tensors live there)."""
+def make_plan(layout: TextLayout, groups: int, device: torch.device, width: int = REFERENCE_WIDTH) -> TextPlan:
+    """The buckets for ``groups`` groups of ``layout``'s prompts on ``device`` (index tensors live there),
+    for a tower of ``width`` (it sets what a bucket costs)."""
     device = torch.device(device)
     shared = layout.shared_len
     lengths = [e - shared + 1 for e in layout.eot]  # tokens after the prefix, up to and including the EOT
-    overhead = BUCKET_OVERHEAD_TOKENS.get(device.type, DEFAULT_OVERHEAD_TOKENS)
-    bounds = split_lengths(lengths, groups, overhead)
+    bounds = split_lengths(lengths, groups, bucket_overhead(device, width))
     buckets, concat = [], []
     for low, high in zip([0, *bounds], bounds):
         rows = [i for i, n in enumerate(lengths) if low < n <= high]
