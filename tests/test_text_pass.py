@@ -105,28 +105,29 @@ def _worst(got: dict, want: dict) -> float:
     return max(((got[k] - want[k]).abs().max() / want[k].abs().max()).item() for k in want)
 
 
+AUTOCAST = {"bf16": torch.bfloat16, "amp": torch.float16}  # PREC bf16 and amp, as autocast on this CPU
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("prec", ["fp32", "bf16"])
+@pytest.mark.parametrize("prec", ["fp32", "bf16", "amp"])
 def test_fast_pass_equals_full_pass(clip_model, case, prec):
-    if prec == "bf16" and not torch.amp.is_autocast_available("cpu"):
-        pytest.skip("no CPU bf16 autocast in this torch")
     gen = torch.Generator().manual_seed(1)
     image, label = torch.randn(3, 3, 32, 32, generator=gen), torch.tensor([3, 0, 5])
-    runs = [("full", "fp32"), ("fast", "fp32")] if prec == "fp32" else [("full", "fp32"), ("full", "bf16"),
-                                                                        ("fast", "bf16")]
+    runs = [("full", "fp32"), ("fast", "fp32")] if prec == "fp32" else [("full", "fp32"), ("full", prec),
+                                                                        ("fast", prec)]
     results = {}
     for mode, run_prec in runs:
         model = _model(case, clip_model)
         model.text_encoder.mode = mode
-        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if run_prec == "bf16" \
-            else contextlib.nullcontext
+        autocast = contextlib.nullcontext if run_prec == "fp32" else \
+            (lambda p=run_prec: torch.autocast("cpu", dtype=AUTOCAST[p]))
         results[mode, run_prec] = _step(model, image, label, shift=case == "coop", autocast=autocast)
     full, fast = results["full", prec], results["fast", prec]
     assert full.keys() == fast.keys()
     if prec == "fp32":
         for key in full:
             _close(fast[key], full[key], 1e-5, key)
-    else:  # both passes round to bf16; the fast one must be as close to fp32 as the full one is
+    else:  # both passes round to 16 bits; the fast one must be as close to fp32 as the full one is
         reference = results["full", "fp32"]
         assert _worst(fast, reference) <= 1.5 * _worst(full, reference) + 1e-3
         assert _worst(fast, full) < 0.1
