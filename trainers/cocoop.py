@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from plpp.engine import TRAINER_REGISTRY
-from plpp.text import TextPrompts
-from plpp.text.layout import TextWork
+from plpp.text import TextPrompts, TextWork
 
 from .base import ClipPromptTrainer
 from .coop import CustomCLIP, PromptLearner

@@ -8,8 +8,7 @@ from torch import nn
 from plpp.clip_utils import token_length, tokenize
 from plpp.engine import TRAINER_REGISTRY
 from plpp.engine.utils import logger
-from plpp.text import TextEncoder, TextPrompts, text_layout
-from plpp.text.layout import TextWork
+from plpp.text import TextEncoder, TextPrompts, TextWork, text_layout
 
 from .base import ClipPromptTrainer
 

@@ -5,8 +5,8 @@ the tensors of one pass) and calls ``TextEncoder``; ``TextTower`` adapts a backb
 """
 
 from .encoder import TEXT_PASS_CHOICES, TextEncoder, TextOutput
-from .layout import TextLayout, TextPrompts, text_layout
+from .layout import TextLayout, TextPrompts, TextWork, text_layout
 from .tower import ClipTextTower, TextTower, text_tower
 
 __all__ = ["TEXT_PASS_CHOICES", "ClipTextTower", "TextEncoder", "TextLayout", "TextOutput", "TextPrompts",
-           "TextTower", "text_layout", "text_tower"]
+           "TextTower", "TextWork", "text_layout", "text_tower"]
