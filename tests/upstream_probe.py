@@ -91,6 +91,7 @@ def case_cfgs(case: dict, classnames: list[str], clip_file: str):
         for key, value in OPTIM.items():
             cfg.OPTIM[key] = value
     ours.TRAINER.NAME = HOST
+    ours.TRAINER[KEY].TEXT_PASS = "full"  # upstream's 77-token computation, so agreement can be bit for bit
     ours.MODEL.BACKBONE.NAME = clip_file
     ours.USE_CUDA = False
     ours.OUTPUT_DIR = str(WORK / "ours-out")
