@@ -71,6 +71,26 @@ def check_clip_cfg(cfg, prec_key: str) -> None:
         raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
 
 
+def input_from_backbone(cfg) -> None:
+    """``INPUT.*`` still at OpenAI CLIP's preprocessing take an ``open_clip:`` backbone's own (``cfg`` mutable).
+
+    Only the architecture and tag configs are read; a name that cannot load is reported by the loader.
+    """
+    from plpp.openclip.names import is_open_clip_name
+
+    if not is_open_clip_name(cfg.MODEL.BACKBONE.NAME):
+        return
+    from plpp.clip_utils import ClipWeightsError
+    from plpp.openclip.loading import preprocess_config
+    from plpp.openclip.preprocess import input_from_model
+
+    try:
+        preprocess = preprocess_config(cfg.MODEL.BACKBONE.NAME)
+    except ClipWeightsError:
+        return
+    input_from_model(cfg, preprocess)
+
+
 def load_clip_for(cfg, prec_key: str, device: torch.device) -> tuple[Precision, nn.Module]:
     """CLIP named by ``MODEL.BACKBONE.NAME``, cast for ``TRAINER.<prec_key>.PREC`` (still on the CPU).
 
@@ -79,6 +99,11 @@ def load_clip_for(cfg, prec_key: str, device: torch.device) -> tuple[Precision, 
     logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
     precision = Precision(cfg.TRAINER[prec_key].PREC, device, key=f"TRAINER.{prec_key}.PREC")
     clip_model = precision.prepare(load_clip(cfg.MODEL.BACKBONE.NAME))
+    preprocess = getattr(clip_model, "preprocess", None)  # a backbone with its own preprocessing (open_clip)
+    if preprocess is not None:
+        from plpp.openclip.preprocess import describe_input
+
+        logger.info(describe_input(cfg, preprocess))
     resolution = clip_model.visual.input_resolution
     if cfg.INPUT.SIZE[0] != resolution:
         raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "

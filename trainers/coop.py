@@ -37,9 +37,10 @@ def init_context(n_ctx: int, ctx_init: str, clip_model: nn.Module, n_copies: int
     width = embedding.weight.shape[1]
     if ctx_init:
         ctx_init = ctx_init.replace("_", " ")
-        n_ctx = token_length(ctx_init)
+        n_ctx = token_length(ctx_init, clip_model)
         with torch.no_grad():
-            vectors = embedding(tokenize(ctx_init).to(embedding.weight.device))[0, 1 : 1 + n_ctx].float().clone()
+            ids = tokenize(ctx_init, clip_model).to(embedding.weight.device)
+            vectors = embedding(ids)[0, 1 : 1 + n_ctx].float().clone()
         if n_copies is not None:
             vectors = vectors.unsqueeze(0).repeat(n_copies, 1, 1)
         return vectors, ctx_init
@@ -79,8 +80,8 @@ class PromptLearner(nn.Module):
         logger.info(f'Initial context: "{prefix}" ({self.n_ctx} tokens, '
                     f'{"class-specific" if self.csc else "shared"})')
         names = [name.replace("_", " ") for name in classnames]
-        name_lens = [token_length(name) for name in names]
-        tokenized = tokenize([f"{prefix} {name}." for name in names])
+        name_lens = [token_length(name, clip_model) for name in names]
+        tokenized = tokenize([f"{prefix} {name}." for name in names], clip_model)
         embedding = clip_model.token_embedding
         with torch.no_grad():
             tokens = embedding(tokenized.to(embedding.weight.device)).float()
@@ -172,6 +173,7 @@ class CustomCLIP(nn.Module):
         self.text_encoder = TextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
         self.token_embedding = clip_model.token_embedding
+        self.tokenizer = getattr(clip_model, "tokenizer", None)  # the backbone's own (open_clip), else CLIP's
         self._text_cache: torch.Tensor | None = None
         self._text_cache_key: tuple = ()
 
