@@ -319,3 +319,42 @@ def test_vit_b_32_end_to_end(oc, tmp_path):
     log = (out / "log.txt").read_text()
     assert "open_clip preprocessing: 224 px" in log and "Finish training" in log and "* total: 2" in log
     print(f"ViT-B-32 end to end (weights + one epoch + test): {time.time() - start:.1f} s")
+
+
+# --- the text pass on open_clip's tower: fast = full, checkpointing, deep prompts, precision ------------------
+
+@pytest.mark.parametrize("host", ["CoOp", "MaPLe"])
+def test_fast_pass_and_checkpointing_equal_the_reference_on_open_clip(weights, host):
+    """Logits, context states and gradients agree across passes and checkpointing (MaPLe: deep prompts in
+    the batch-first blocks)."""
+    model_cls = CustomCLIP if host == "CoOp" else MaPLeCLIP
+    clip_model = load_clip(_name("plpp-tiny-custom", weights["plpp-tiny-custom"]))
+    image = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for mode, use_checkpoint in (("full", False), ("fast", False), ("fast", True), ("full", True)):
+        torch.manual_seed(0)
+        model = model_cls(_cfg(), CLASSNAMES, clip_model)
+        model.text_encoder.mode, model.text_encoder.use_checkpoint = mode, use_checkpoint
+        logits, _, states = model.forward_with_states(image)
+        (logits.sum() + states.sum()).backward()
+        grads = [p.grad for p in model.prompt_learner.parameters()]
+        outputs.append((logits.detach(), states.detach(), *grads))
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_half_and_bf16_run_on_open_clip(weights):
+    """``PREC fp16`` casts with open_clip's own half conversion (layer scales included); bf16 autocasts."""
+    from plpp.clip_utils import Precision
+
+    clip_model = load_clip(_name("plpp-tiny-custom", weights["plpp-tiny-custom"]))
+    image = torch.randn(2, 3, 48, 48)
+    with Precision("bf16", torch.device("cpu")).autocast():
+        assert torch.isfinite(CustomCLIP(_cfg(), CLASSNAMES, clip_model)(image).float()).all()
+    clip_model.convert_weights_fp16()
+    blocks = clip_model.transformer.resblocks
+    assert blocks[0].attn.in_proj_weight.dtype == torch.float16 and blocks[0].ls_1.gamma.dtype == torch.float16
+    assert clip_model.text_projection.dtype == torch.float16 and clip_model.dtype == torch.float16
+    logits = CustomCLIP(_cfg(), CLASSNAMES, clip_model)(image)
+    assert logits.dtype == torch.float16 and torch.isfinite(logits).all()

@@ -64,6 +64,10 @@ class OpenClipImageTower(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype images go in: its first conv or linear layer's (class embeddings stay fp32 under fp16)."""
+        for module in self.tower.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                return module.weight.dtype
         return next(p.dtype for p in self.tower.parameters() if p.is_floating_point())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
