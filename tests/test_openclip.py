@@ -105,6 +105,20 @@ def test_random_clip_writes_a_marked_file_that_loads(weights, capsys):
     assert tokenize(["a photo of a cat."], model).shape == (1, 24)
 
 
+def test_safetensors_and_open_clip_training_checkpoints_load(oc, weights, tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(weights["plpp-tiny-openai"], weights_only=True)["state_dict"]
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}},
+               tmp_path / "epoch_3.pt")
+    image = torch.randn(1, 3, 32, 32)
+    features = [load_clip(_name("plpp-tiny-openai", path)).encode_image(image)
+                for path in (weights["plpp-tiny-openai"], tmp_path / "w.safetensors", tmp_path / "epoch_3.pt")]
+    for other in features[1:]:
+        torch.testing.assert_close(other, features[0])
+
+
 @pytest.mark.parametrize("name,words", [
     ("open_clip:plpp-tiny-openai", ["randomly initialised backbone is refused", "random_clip --open-clip"]),
     ("open_clip:plpp-tiny-nosuch@x", ["is not an open_clip architecture", "close matches"]),

@@ -127,8 +127,11 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
         raise ClipWeightsError(f"open_clip weights file {path} does not exist")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise ClipWeightsError(f"{path} is a .safetensors file, and the safetensors package is not "
+                                       "installed (it comes with open-clip-torch): pip install safetensors") from None
             state = load_file(path, device="cpu")
         else:
             state = _load_tensors(path)
