@@ -378,7 +378,10 @@ def test_half_and_bf16_run_on_open_clip(weights):
 
 def test_train_py_with_a_registered_architecture(oc, weights, tmp_path):
     """The architecture is known to train.py through $PLPP_OPEN_CLIP_CONFIGS; INPUT.SIZE 224 of the trainer
-    config becomes the model's 48 (recorded in config.yaml); the saved prompt evaluates to the same accuracy."""
+    config becomes the model's 48 (recorded in config.yaml); the saved prompt, evaluated by two torchrun
+    processes with the text encoder sharded by class, gives the same result."""
+    from tests.test_distributed import free_port
+
     configs = tmp_path / "configs"
     configs.mkdir()
     (configs / "plpp-tiny-custom.json").write_text(json.dumps(ARCHS["plpp-tiny-custom"]))
@@ -386,13 +389,13 @@ def test_train_py_with_a_registered_architecture(oc, weights, tmp_path):
     root = tmp_path / "data"
     write_fashion_mnist(root, n_classes=3, train_per_class=4, test_per_class=2)
 
-    def run(out, *flags):
-        args = [PYTHON, "train.py", "--root", str(root), "--seed", "1", "--trainer", "PLPP", *flags,
+    def run(out, *flags, launch=(), extra=()):
+        args = [PYTHON, *launch, "train.py", "--root", str(root), "--seed", "1", "--trainer", "PLPP", *flags,
                 "--dataset-config-file", str(REPO / "configs/datasets/fashion_mnist.yaml"),
                 "--config-file", str(REPO / "configs/trainers/PLPP/vit_b16_ep50.yaml"), "--output-dir", str(out),
                 "MODEL.BACKBONE.NAME", _name("plpp-tiny-custom", weights["plpp-tiny-custom"]),
                 "DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "4",
-                "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.N_CTX", "4"]
+                "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.N_CTX", "4", *extra]
         res = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         return (out / "log.txt").read_text()
@@ -401,9 +404,12 @@ def test_train_py_with_a_registered_architecture(oc, weights, tmp_path):
     assert "open_clip preprocessing: 48 px" in log and "Prompt words (epoch 1):" in log
     saved = CN.load_cfg((tmp_path / "run" / "config.yaml").read_text())
     assert tuple(saved.INPUT.SIZE) == (48, 48)
-    log2 = run(tmp_path / "eval", "--eval-only", "--model-dir", str(tmp_path / "run"), "--load-epoch", "1")
-    accuracy = [line for line in log.splitlines() if "* accuracy:" in line][-1].split("* accuracy:")[1]
-    assert "* accuracy:" + accuracy in log2
+    run(tmp_path / "eval", "--eval-only", "--model-dir", str(tmp_path / "run"), "--load-epoch", "1",
+        launch=("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())),
+        extra=("DISTRIBUTED.SHARD_CLASSES", "True"))
+    got, want = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("eval", "run"))
+    for key in ("total", "correct", "accuracy", "macro_f1"):
+        assert got[key] == want[key], key
 
 
 def test_a_wrong_configs_path_is_one_line(oc, tmp_path, monkeypatch):
