@@ -22,6 +22,7 @@ from plpp.engine import build_trainer, get_cfg_default
 from plpp.perplexity import perplexity_losses
 from plpp.trainers import extend_cfg, finalize_cfg
 from plpp.trainers.coop import CustomCLIP
+from plpp.trainers.ivlp import IVLPCLIP
 from plpp.trainers.maple import MaPLeCLIP
 from tests.conftest import PYTHON, REPO, TINY_OPTS, build_tiny_clip, subprocess_env, write_fashion_mnist
 
@@ -209,6 +210,10 @@ def _cfg(**opts) -> CN:
     extend_cfg(cfg)
     cfg.TRAINER.COOP.N_CTX = 4
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = 2
+    for node in (cfg.TRAINER.IVLP, cfg.TRAINER.PROMPTSRC):
+        node.PROMPT_DEPTH_TEXT = node.PROMPT_DEPTH_VISION = 2
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 1
+    cfg.TRAINER.LINEAR_PROBE.MAX_ITER, cfg.TRAINER.LINEAR_PROBE.SEARCH_STEPS = 50, 2
     cfg.merge_from_list([x for kv in opts.items() for x in kv])
     return cfg
 
@@ -239,9 +244,10 @@ def test_vision_prompts_on_open_clip_vit(twin_models, weights):
     for arch, reason in (("plpp-tiny-timm", "timm model"), ("plpp-tiny-avgpool", "pools with 'avg'")):
         model = load_clip(_name(arch, weights[arch]))
         model.encode_image(torch.randn(1, 3, 32, 32))  # CoOp's image side runs on any tower
-        with pytest.raises(ValueError, match="MaPLe needs a ViT backbone") as info:
-            MaPLeCLIP(_cfg(), CLASSNAMES, model)
-        assert reason in _one_line(info.value) and arch in str(info.value)
+        for host, words in ((MaPLeCLIP, "MaPLe needs a ViT backbone"), (IVLPCLIP, "PROMPT_DEPTH_VISION 2 needs a ViT")):
+            with pytest.raises(ValueError, match=words) as info:
+                host(_cfg(), CLASSNAMES, model)
+            assert reason in _one_line(info.value) and arch in str(info.value)
 
 
 # --- preprocessing ----------------------------------------------------------------------------------------
@@ -283,20 +289,26 @@ def _trainer_cfg(name, data_root, backbone, out, **opts) -> CN:
     return cfg
 
 
-HOSTS = ["CoOp", "PLPP", "CoCoOp", "PLPP_CoCoOp", "MaPLe", "PLPP_MaPLe"]
+HOSTS = ["CoOp", "CoCoOp", "MaPLe", "IVLP", "PromptSRC", "KgCoOp", "ProGrad"]
+PROMPT_TRAINERS = HOSTS + [("PLPP" if host == "CoOp" else f"PLPP_{host}") for host in HOSTS]
 
 
-@pytest.mark.parametrize("name", HOSTS + ["ZeroshotCLIP"])
+@pytest.mark.parametrize("name", PROMPT_TRAINERS + ["ZeroshotCLIP", "ZeroshotCLIP2", "LinearProbeCLIP"])
 def test_every_host_trains_and_evaluates(tmp_path, data_root, weights, name):
+    """A training step (or the probe's fit) and the evaluation of every trainer on the custom-text, layer-scale,
+    24-token, biased-projection open_clip model."""
     backbone = _name("plpp-tiny-custom", weights["plpp-tiny-custom"])
     trainer = build_trainer(_trainer_cfg(name, data_root, backbone, tmp_path))
-    if name in HOSTS:
+    if name in PROMPT_TRAINERS:
         trainer.batch_idx, trainer.num_batches = 0, 2
         summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
         assert all(torch.isfinite(torch.tensor(v)) for v in summary.values())
         assert ("loss_ppl" in summary) == name.startswith("PLPP")
-    result = trainer.test()
-    assert 0.0 <= float(result) <= 100.0
+    if name == "LinearProbeCLIP":
+        trainer.train()
+        assert json.loads((tmp_path / "results.json").read_text())["total"] == 8
+    else:
+        assert 0.0 <= float(trainer.test()) <= 100.0
 
 
 def test_input_size_mismatch_is_one_clear_error(tmp_path, data_root, weights):

@@ -17,7 +17,7 @@ from plpp.engine import TRAINER_REGISTRY, TrainerX
 from plpp.engine.utils import logger
 from plpp.text import TextEncoder, TextPrompts, text_layout
 
-from .base import check_clip_cfg, load_clip_for
+from .base import backbone_results_metadata, check_clip_cfg, load_clip_for
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -114,6 +114,9 @@ class ZeroshotCLIP(TrainerX):
                     + encoder.describe(first, prefix_runs="once per template", per="template", device=self.device))
         with self.precision.autocast():
             self.text_features = zeroshot_text_features(clip_model, classnames, templates, encoder=encoder)
+
+    def results_metadata(self) -> dict:
+        return backbone_results_metadata(self.cfg)
 
     def train(self) -> None:  # type: ignore[override]
         raise RuntimeError(f"{type(self).__name__} is evaluation-only: use --eval-only")

@@ -20,12 +20,12 @@ import warnings
 import torch
 
 from plpp.clip_utils import ClipWeightsError
+from plpp.provenance import ORIGIN_KEY
 
 from .names import OpenClipName, import_open_clip, parse_open_clip_name
 
 #: Entries of OpenAI's releases that are not weights (open_clip's model has no such parameters).
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
-ORIGIN_KEY = "plpp_origin"
 
 
 def open_clip_cache_dir() -> str:
@@ -159,11 +159,10 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
 
 
 def _load_tensors(path: str):
-    """A ``torch.save`` file with tensors and plain containers only (``weights_only``)."""
-    try:
-        from plpp.restricted_io import is_torchscript_archive, load_restricted, read_torchscript_state_dict
-    except ImportError:  # pragma: no cover (older checkouts without the restricted reader)
-        return torch.load(path, map_location="cpu", weights_only=True)
+    """Tensors and plain containers only (:mod:`plpp.restricted_io`: nothing stored in the file runs); OpenAI's
+    TorchScript releases (the ``openai`` tags) are read the same way."""
+    from plpp.restricted_io import is_torchscript_archive, load_restricted, read_torchscript_state_dict
+
     if is_torchscript_archive(path):
         return read_torchscript_state_dict(path)
     return load_restricted(path)

@@ -42,11 +42,15 @@ class TextOutput(NamedTuple):
 
 
 def _put(x: torch.Tensor, offset: int, start: int, tokens: torch.Tensor) -> torch.Tensor:
-    """``x [..., T, d]`` holds positions ``offset .. offset+T-1``: put ``tokens [n, d]`` at ``start ..``."""
+    """``x [..., T, d]`` holds positions ``offset .. offset+T-1``: put ``tokens [n, d]`` at ``start ..``.
+
+    As ``clip_utils.replace_tokens``, the tokens are expanded before the cast, so their gradient is summed
+    over the rows in their own dtype (fp32 prompts of an fp16 model, as upstream MaPLe).
+    """
     lo, hi = max(start, offset), min(start + tokens.shape[0], offset + x.shape[-2])
     if lo >= hi:
         return x
-    block = tokens[lo - start : hi - start].to(x.dtype).expand(*x.shape[:-2], -1, -1)
+    block = tokens[lo - start : hi - start].expand(*x.shape[:-2], -1, -1).to(x.dtype)
     return torch.cat([x[..., : lo - offset, :], block, x[..., hi - offset :, :]], dim=-2)
 
 

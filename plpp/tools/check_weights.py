@@ -2,9 +2,10 @@
 
 ``NAME`` is what ``MODEL.BACKBONE.NAME`` takes: an OpenAI model name (found in the cache,
 ``$PLPP_CLIP_CACHE`` or ``~/.cache/clip``, else downloaded), a local ``.pt`` file, or an open_clip model
-(``open_clip:ARCH@TAG`` or ``open_clip:ARCH@/path/file``). The weights are
-loaded once, so a truncated or foreign file is reported here too. Exit status 0 when usable, 1 with
-one message (which file is missing and where to put it) otherwise.
+(``open_clip:ARCH@TAG``, ``open_clip:ARCH@/path/file``). The weights are
+loaded once, so a truncated or foreign file is reported here too, and the file is identified (an
+OpenAI release by its checksum, a random-weight file by its marker, see :mod:`plpp.provenance`).
+Exit status 0 when usable, 1 with one message (which file is missing and where to put it) otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from plpp.clip_utils import ClipWeightsError, load_clip, resolve_weights
+    from plpp.provenance import describe_backbone, identify_backbone
 
     try:
         path = resolve_weights(args.name, setting=args.setting)
@@ -42,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"CLIP weights for {args.name}: {path} ({describe(model)})")
+    print(describe_backbone(identify_backbone(path)))
     return 0
 
 

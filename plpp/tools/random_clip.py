@@ -6,6 +6,8 @@ with 32 px input) and saves its state dict; use the file as ``MODEL.BACKBONE.NAM
 ``BACKBONE``). Nothing learned is in it: accuracies obtained with it are a pipeline check, not a result.
 ``--open-clip ARCH`` builds any open_clip architecture instead (open_clip's own random initialisation);
 use the file as ``MODEL.BACKBONE.NAME open_clip:ARCH@FILE``.
+The file says so itself: the state dict is saved beside a ``plpp_origin`` marker of kind ``random``
+(:mod:`plpp.provenance`), so ``results.json`` and ``plpp-results`` label every number made with it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 from collections.abc import Sequence
 
 import torch
+
+from plpp.provenance import KIND_RANDOM, ORIGIN_KEY, origin_marker
 
 _TEXT = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
 
@@ -46,7 +50,8 @@ def build_random_clip(arch: str, seed: int = 0) -> torch.nn.Module:
 
 
 def save_random_clip(arch: str, path: str, seed: int = 0, half: bool = True) -> int:
-    """Save the state dict of a random ``arch`` CLIP to ``path``; returns the number of parameters.
+    """Save the state dict of a random ``arch`` CLIP, marked as random, to ``path``; returns the number of
+    parameters.
 
     ``half`` stores the weights in the dtypes of the released files (``clip.model.convert_weights``:
     linear, conv and attention weights in fp16), halving the file size.
@@ -57,14 +62,9 @@ def save_random_clip(arch: str, path: str, seed: int = 0, half: bool = True) -> 
     n_params = sum(p.numel() for p in model.parameters())
     if half:
         import_clip().model.convert_weights(model)
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    marker = origin_marker(KIND_RANDOM, "plpp.tools.random_clip", arch=arch, seed=seed,
+                           dtype="fp16" if half else "fp32")
+    _save({ORIGIN_KEY: marker, "state_dict": model.state_dict()}, path)
     return n_params
 
 
@@ -72,7 +72,7 @@ def save_random_open_clip(arch: str, path: str, seed: int = 0, half: bool = True
     """Save a random open_clip ``arch`` (open_clip's own init) to ``path``, marked as random; returns the number
     of parameters and the preprocessing config. ``half`` casts as open_clip's fp16 does (halving the file)."""
     from plpp.openclip import import_open_clip
-    from plpp.openclip.loading import ORIGIN_KEY, arch_config, check_supported, preprocess_config, quiet
+    from plpp.openclip.loading import arch_config, check_supported, preprocess_config, quiet
 
     name = f"open_clip:{arch}"
     config = arch_config(arch, name, "--open-clip")
@@ -86,13 +86,14 @@ def save_random_open_clip(arch: str, path: str, seed: int = 0, half: bool = True
         from open_clip.model import convert_weights_to_lp
 
         convert_weights_to_lp(model, torch.float16)
-    marker = {"kind": "random", "tool": "plpp.tools.random_clip", "arch": name, "seed": seed,
-              "dtype": "fp16" if half else "fp32", "quick_gelu": bool(config.get("quick_gelu", False))}
+    marker = origin_marker(KIND_RANDOM, "plpp.tools.random_clip", arch=name, seed=seed,
+                           dtype="fp16" if half else "fp32", quick_gelu=bool(config.get("quick_gelu", False)))
     _save({ORIGIN_KEY: marker, "state_dict": model.state_dict()}, path)
     return n_params, preprocess_config(name, "--open-clip")
 
 
 def _save(obj, path: str) -> None:
+    """``torch.save`` through a temporary file, so ``path`` is never left half-written."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:

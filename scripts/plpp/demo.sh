@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU demo: CoOp and PLPP trained and evaluated on Fashion-MNIST (16 shots, seed 1), then compared.
 #
-#   bash scripts/plpp/demo.sh [KEY VALUE ...]
+#   bash scripts/plpp/demo.sh [KEY VALUE ...] [--dry-run]
 #   BACKBONE=/path/to/ViT-B-32.pt bash scripts/plpp/demo.sh
 #   python -m plpp.tools.random_clip --arch ViT-B/32 -o clip_random.pt
 #   BACKBONE=clip_random.pt bash scripts/plpp/demo.sh     # offline pipeline check: its numbers are no result
@@ -10,7 +10,9 @@
 # 2. prepare Fashion-MNIST (PNGs and split, once); 3. train and evaluate CoOp, then PLPP, with
 # configs/trainers/{CoOp,PLPP}/demo_cpu.yaml (ViT-B/32 in fp32, 5 epochs with 1 warm-up, evaluation on
 # 1,000 test images) through main.sh; 4. print accuracy and macro-F1 of both and the difference.
-# It installs nothing; finished runs are skipped, so a rerun only prints the table.
+# It installs nothing. A rerun with the same settings skips the finished runs and only prints the table;
+# one with another BACKBONE or other options into the same OUTPUT stops and names the settings that differ
+# (use another OUTPUT, or delete the old runs). Numbers from a random-weight file are labelled as such.
 # Environment:
 #   DATA      data root (default ./data). Fashion-MNIST comes from $DATA/fashion-mnist, else
 #             /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist), else a download
@@ -35,20 +37,21 @@ TRAINERS=(CoOp PLPP)
 START=$SECONDS
 
 echo "== 1/4 CLIP weights: $BACKBONE"
-plpp_exec "${PLPP_PY[@]}" -m plpp.tools.check_weights --setting BACKBONE "$BACKBONE" || exit 1
+plpp_exec "${PLPP_TOOL_PY[@]}" -m plpp.tools.check_weights --setting BACKBONE "$BACKBONE" || exit 1
 
 echo "== 2/4 Fashion-MNIST under $DATA"
 [[ $DRY_RUN == 1 ]] || mkdir -p "$DATA"
-plpp_exec "${PLPP_PY[@]}" -m plpp.tools.prepare_fashion_mnist --root "$DATA" || exit 1
+plpp_exec "${PLPP_TOOL_PY[@]}" -m plpp.tools.prepare_fashion_mnist --root "$DATA" || exit 1
 
+plpp_coop_layout # the variant folder main.sh names after NCTX/CSC/CTP and the options
 RUNS=()
 for T in "${TRAINERS[@]}"; do
   echo "== 3/4 $T: train (16 shots, seed 1) and evaluate [$((SECONDS - START)) s]"
-  SEEDS=1 bash "$PLPP_SCRIPTS/main.sh" fashion_mnist 16 demo_cpu "$T" MODEL.BACKBONE.NAME "$BACKBONE" "${OPTS[@]}"
-  RUNS+=("$OUTPUT/fashion_mnist/$T/demo_cpu_16shots/$(plpp_coop_variant)/seed1")
+  SEEDS=1 bash "$PLPP_SCRIPTS/main.sh" fashion_mnist 16 "$T" demo_cpu MODEL.BACKBONE.NAME "$BACKBONE" "${OPTS[@]}"
+  RUNS+=("$OUTPUT/fashion_mnist/$T/demo_cpu_16shots/$PLPP_COOP_VARIANT/seed1")
 done
 
 echo "== 4/4 Comparison [$((SECONDS - START)) s]"
-plpp_exec "${PLPP_PY[@]}" -m plpp.tools.compare --names CoOp,PLPP "${RUNS[@]}"
+plpp_exec "${PLPP_TOOL_PY[@]}" -m plpp.tools.compare --names CoOp,PLPP "${RUNS[@]}"
 echo "Runs: ${RUNS[*]}"
 echo "Summary of the whole tree: python -m plpp.results fewshot $OUTPUT"
