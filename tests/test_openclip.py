@@ -344,6 +344,9 @@ def test_vit_b_32_end_to_end(oc, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "open_clip preprocessing: 224 px" in log and "Finish training" in log and "* total: 2" in log
+    record = json.loads((out / "results.json").read_text())["backbone_weights"]
+    assert record["kind"] == "random" and record["file"] == str(weights_file) and len(record["sha256"]) == 64
+    assert record["open_clip"]["arch"] == "ViT-B-32" and record["open_clip"]["tag"] is None
     print(f"ViT-B-32 end to end (weights + one epoch + test): {time.time() - start:.1f} s")
 
 
