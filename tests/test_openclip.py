@@ -311,6 +311,17 @@ def test_every_host_trains_and_evaluates(tmp_path, data_root, weights, name):
         assert 0.0 <= float(trainer.test()) <= 100.0
 
 
+def test_a_frozen_config_at_openai_values_takes_the_model_preprocessing(tmp_path, data_root, weights):
+    """A Dassl checkout's own train.py never calls finalize_cfg: the trainers' config check does it."""
+    backbone = _name("plpp-tiny-custom", weights["plpp-tiny-custom"])
+    cfg = _trainer_cfg("CoOp", data_root, backbone, tmp_path)
+    cfg.defrost()
+    cfg.merge_from_list([x for kv in OPENAI_INPUT.items() for x in kv])
+    cfg.freeze()
+    trainer = build_trainer(cfg)
+    assert tuple(trainer.cfg.INPUT.SIZE) == (48, 48) and trainer.cfg.is_frozen()
+
+
 def test_input_size_mismatch_is_one_clear_error(tmp_path, data_root, weights):
     backbone = _name("plpp-tiny-custom", weights["plpp-tiny-custom"])
     cfg = _trainer_cfg("CoOp", data_root, backbone, tmp_path)

@@ -27,7 +27,7 @@ from plpp.engine import TRAINER_REGISTRY, TrainerX
 from plpp.engine.checkpoint import CheckpointError
 from plpp.engine.utils import logger
 
-from .base import load_clip_for
+from .base import input_from_backbone, load_clip_for
 
 #: First grid of ``C`` values (CoOp's lpclip); the first best is refined by ``SEARCH_STEPS`` rounds.
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -140,6 +140,7 @@ class LinearProbeCLIP(TrainerX):
         if node.PREC not in PRECISIONS:
             raise ValueError(f"TRAINER.LINEAR_PROBE.PREC '{node.PREC}' is not valid; choose one of "
                              f"{', '.join(PRECISIONS)}")
+        input_from_backbone(cfg)  # an open_clip backbone's own preprocessing (see trainers.base)
         size = tuple(cfg.INPUT.SIZE)
         if len(size) != 2 or size[0] != size[1]:
             raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
