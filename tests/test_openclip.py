@@ -125,6 +125,7 @@ def test_safetensors_and_open_clip_training_checkpoints_load(oc, weights, tmp_pa
     ("open_clip:plpp-tiny-nosuch@x", ["is not an open_clip architecture", "close matches"]),
     ("open_clip:ViT-B-32@nosuchtag", ["is not a pretrained tag", "laion2b_s34b_b79k"]),
     ("open_clip:@laion2b", ["names no architecture"]),
+    ("open_clip:hf-hub:timm/ViT-B-16-SigLIP", ["'hf-hub:' model names", "are not supported"]),
     ("open_clip:plpp-tiny-openai@/nonexistent/w.pt", ["does not exist"]),
     ("open_clip:plpp-tiny-siglip@/nonexistent/w.pt", ["no causal attention mask"]),
     ("open_clip:ViT-B-16-SigLIP@webli", ["no causal attention mask"]),

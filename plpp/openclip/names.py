@@ -39,6 +39,10 @@ def parse_open_clip_name(name: str, setting: str = "MODEL.BACKBONE.NAME") -> Ope
     if not arch:
         raise ClipWeightsError(f"{setting} '{name}' names no architecture: use open_clip:ARCH@TAG or "
                                "open_clip:ARCH@/path/to/weights (e.g. open_clip:ViT-B-32@laion2b_s34b_b79k)")
+    if ":" in arch:
+        raise ClipWeightsError(f"{setting} '{name}': open_clip's '{arch.split(':')[0]}:' model names (Hugging Face "
+                               "hub, local folders) are not supported; name a built-in architecture and its weights "
+                               "file: open_clip:ARCH@/path/to/open_clip_pytorch_model.bin")
     if not rest:
         return OpenClipName(arch, None, None)
     expanded = osp.expanduser(rest)
