@@ -55,10 +55,13 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def test_open_clip_name_without_the_package_says_what_to_install(tmp_path):
-    """Without open_clip installed (hidden here with ``sys.modules``), an ``open_clip:`` name is one line."""
+def test_open_clip_name_without_the_package_says_what_to_install(tiny_clip_file):
+    """Without open_clip installed (hidden here with ``sys.modules``), the trainers load OpenAI's CLIP (nothing
+    else imports open_clip), and an ``open_clip:`` name is one line."""
     code = ("import sys; sys.modules['open_clip'] = None\n"
+            "import plpp.trainers, plpp.provenance\n"
             "from plpp.clip_utils import ClipWeightsError, load_clip\n"
+            f"load_clip({str(tiny_clip_file)!r})\n"
             "try:\n    load_clip('open_clip:ViT-B-32@laion2b_s34b_b79k')\n"
             "except ClipWeightsError as exc:\n    print(exc)\n")
     res = subprocess.run([PYTHON, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
