@@ -128,7 +128,12 @@ def resolve_weights(name: str, setting: str = "MODEL.BACKBONE.NAME") -> str:
     """The local file for ``MODEL.BACKBONE.NAME``: an existing path, or an OpenAI name (cached/downloaded).
 
     ``setting`` is how messages call the value (e.g. ``BACKBONE`` for the demo script's variable).
+    An ``open_clip:`` name resolves through :mod:`plpp.openclip` (its tag's file, or its path).
     """
+    if _is_open_clip_name(name):
+        from plpp.openclip.loading import resolve
+
+        return resolve(name, setting)[2]
     if not name:
         raise ClipWeightsError(f"{setting} is empty: set it to a CLIP name (e.g. ViT-B/16) or a .pt file")
     expanded = osp.expanduser(name)
@@ -206,6 +211,8 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _is_open_clip_name(name: object) -> bool:
+    return isinstance(name, str) and name.startswith("open_clip:")
 def _key_list(message: str, label: str) -> list[str]:
     """The key names after ``label`` in a ``load_state_dict`` error message."""
     match = re.search(label + r' in state_dict: (.*?)\.\s*(?:\n|$)', message)
@@ -235,7 +242,15 @@ def _build_clip(state: dict[str, torch.Tensor], path: str) -> nn.Module:
 
 
 def load_clip(name: str) -> nn.Module:
-    """Build ``clip.model.CLIP`` on the CPU, in fp32, from a CLIP name or a local weights file."""
+    """Build ``clip.model.CLIP`` on the CPU, in fp32, from a CLIP name or a local weights file.
+
+    ``open_clip:ARCH@TAG`` / ``open_clip:ARCH@/path/file`` give an open_clip model behind the same
+    attributes (:class:`plpp.openclip.model.OpenClipModel`); only then is ``open_clip`` imported.
+    """
+    if _is_open_clip_name(name):
+        from plpp.openclip import load_open_clip
+
+        return load_open_clip(name)
     path = resolve_weights(name)
     model = _build_clip(_read_state_dict(path), path)
     return model.float().eval()
@@ -282,9 +297,14 @@ class Precision:
         return torch.float16 if self.mode == "fp16" else torch.float32
 
     def prepare(self, clip_model: nn.Module) -> nn.Module:
-        """Cast a freshly loaded (fp32) CLIP for this precision, as the clip package does for fp16."""
+        """Cast a freshly loaded (fp32) CLIP for this precision, as the clip package does for fp16 (a backbone
+        wrapper with its own half cast, ``convert_weights_fp16()``, e.g. open_clip's, uses that)."""
         if self.mode == "fp16":
-            import_clip().model.convert_weights(clip_model)
+            convert = getattr(clip_model, "convert_weights_fp16", None)
+            if callable(convert):
+                convert()
+            else:
+                import_clip().model.convert_weights(clip_model)
         return clip_model
 
     def learnable_dtype(self, learner: nn.Module, name: str) -> torch.dtype:
@@ -334,18 +354,32 @@ class Precision:
         return torch.amp.GradScaler(self.device.type) if self.mode == "amp" else None
 
 
-def tokenize(texts: str | list[str]) -> torch.Tensor:
-    """Token ids ``[N, 77]`` (int64), SOT … EOT and zero padding."""
+def _model_tokenizer(model: nn.Module | None):
+    """The tokenizer a backbone wrapper carries (``model.tokenizer``, e.g. open_clip's), or None for CLIP's."""
+    return None if model is None else getattr(model, "tokenizer", None)
+
+
+def tokenize(texts: str | list[str], model: nn.Module | None = None) -> torch.Tensor:
+    """Token ids ``[N, L]`` (int64), SOT … EOT and zero padding, with ``model``'s tokenizer (L = 77 for CLIP's)."""
+    tokenizer = _model_tokenizer(model)
+    if tokenizer is not None:
+        return tokenizer.tokenize(texts)
     return import_clip().tokenize(texts).long()
 
 
-def token_length(text: str) -> int:
-    """Number of BPE tokens of ``text`` (without SOT/EOT)."""
+def token_length(text: str, model: nn.Module | None = None) -> int:
+    """Number of BPE tokens of ``text`` (without SOT/EOT), with ``model``'s tokenizer."""
+    tokenizer = _model_tokenizer(model)
+    if tokenizer is not None:
+        return tokenizer.token_length(text)
     return len(import_clip().clip._tokenizer.encode(text))
 
 
-def decode_tokens(ids: list[int]) -> list[str]:
-    """Each token id as its text, for showing learned prompts as words."""
+def decode_tokens(ids: list[int], model: nn.Module | None = None) -> list[str]:
+    """Each token id as its text (with ``model``'s tokenizer), for showing learned prompts as words."""
+    tokenizer = _model_tokenizer(model)
+    if tokenizer is not None:
+        return tokenizer.decode_tokens(ids)
     tok = import_clip().clip._tokenizer
     return [tok.decode([int(i)]).strip() for i in ids]
 
@@ -408,6 +442,19 @@ def is_vision_transformer(visual: nn.Module) -> bool:
     return all(hasattr(visual, name) for name in ("conv1", "class_embedding", "transformer", "ln_post"))
 
 
+def vision_prompt_refusal(visual: nn.Module) -> str | None:
+    """Why vision prompts cannot go into this image tower (None: they can), for a host's one-line refusal.
+
+    A backbone wrapper's tower says so itself (``prompt_refusal``, e.g. open_clip's timm towers); CLIP's
+    ResNet towers are not ViTs.
+    """
+    if hasattr(visual, "prompt_refusal"):
+        return visual.prompt_refusal
+    if not is_vision_transformer(visual):
+        return f"its image encoder is a {type(visual).__name__}, not a ViT (vision prompts are tokens of a ViT)"
+    return None
+
+
 def encode_image_with_prompts(visual: nn.Module, image: torch.Tensor, first_prompt: torch.Tensor | None = None,
                               deep_prompts: Sequence[torch.Tensor] = (), use_checkpoint: bool = False) -> torch.Tensor:
     """CLIP's ViT forward with learnable prompt tokens: image ``[B, 3, H, W]`` → features ``[B, D]``.
@@ -417,6 +464,11 @@ def encode_image_with_prompts(visual: nn.Module, image: torch.Tensor, first_prom
     convention). With no prompts this equals ``visual(image)``. Runs in ``visual``'s dtype (or
     autocast); prompts may be fp32 master copies, they are cast here.
     """
+    custom = getattr(visual, "encode_with_prompts", None)  # a backbone wrapper's own ViT layout (open_clip's)
+    if callable(custom):
+        if deep_prompts and first_prompt is None:
+            raise ValueError("deep_prompts replace the first-layer prompt tokens, so first_prompt is required")
+        return custom(image, first_prompt, deep_prompts, use_checkpoint)
     if not is_vision_transformer(visual):
         raise ValueError(f"encode_image_with_prompts needs CLIP's ViT image tower, got {type(visual).__name__}")
     if deep_prompts and first_prompt is None:

@@ -95,8 +95,9 @@ def identify_backbone(name: str) -> dict[str, Any]:
     ``{"name": as given, "file": the file read, "size": bytes, "sha256": hex, "kind": one of KINDS,
     "release": OpenAI model name or None, "origin": the marker or None}``. ``kind`` is ``openai`` when
     the SHA-256 matches an official checksum, else the marker's kind when it is ``random`` or
-    ``proxy_world``, else ``other``. If the file can no longer be read (moved during a run), the
-    record made earlier in this process is returned.
+    ``proxy_world``, else ``other``. An ``open_clip:`` name adds ``"open_clip": {"arch", "tag", "version"}``.
+    If the file can no longer be read (moved during a run), the record made earlier in this process is
+    returned.
     """
     from plpp.clip_utils import ClipWeightsError, resolve_weights
 
@@ -118,12 +119,33 @@ def identify_backbone(name: str) -> dict[str, Any]:
         kind = KIND_OTHER
     record = {"name": name, "file": osp.abspath(path), "size": size, "sha256": sha, "kind": kind,
               "release": release, "origin": origin}
+    if name.startswith("open_clip:"):
+        record["open_clip"] = open_clip_identity(name)
     _LAST_RECORD[name] = record
     return record
+
+
+def open_clip_identity(name: str) -> dict[str, Any]:
+    """``{"arch", "tag", "version"}`` of an ``open_clip:ARCH@TAG`` / ``open_clip:ARCH@/path`` backbone (``tag``
+    None for a file; ``version`` the installed open_clip's)."""
+    from plpp.openclip.names import parse_open_clip_name
+
+    parsed = parse_open_clip_name(name)
+    try:
+        from importlib.metadata import version
+
+        installed = version("open-clip-torch")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        installed = None
+    return {"arch": parsed.arch, "tag": parsed.tag, "version": installed}
 
 
 def describe_backbone(record: dict[str, Any]) -> str:
     """One log line: the file, its checksum and what it is."""
     what = (f"OpenAI release {record['release']}" if record["kind"] == KIND_OPENAI
             else KIND_LABELS.get(record["kind"], record["kind"]))
+    oc = record.get("open_clip")
+    if isinstance(oc, dict) and record["kind"] == KIND_OTHER:
+        source = f"pretrained tag {oc['tag']}" if oc.get("tag") else "from a local file"
+        what = f"open_clip {oc.get('arch')} {source}"
     return f"Backbone weights: {record['file']} (sha256 {record['sha256'][:12]}…): {what}"

@@ -23,7 +23,10 @@ except ImportError:  # pragma: no cover - Python < 3.11: tomli, declared in [tes
 LIBRARY = ["plpp", "trainers", "datasets", "benchmarks", "train.py", "parse_test_res.py"]
 OPTIONAL_ERRORS = {"ImportError", "ModuleNotFoundError"}
 #: Optional software that is imported only when chosen, with the one-line error that says how to get it.
-OPTIONAL_SOFTWARE = {"dassl": "PLPP_ENGINE=dassl without Dassl: 'Install Dassl.pytorch or set PLPP_ENGINE=builtin'"}
+OPTIONAL_SOFTWARE = {"dassl": "PLPP_ENGINE=dassl without Dassl: 'Install Dassl.pytorch or set PLPP_ENGINE=builtin'",
+                     "open_clip": "an open_clip: backbone without the openclip extra: 'the open_clip package is not "
+                                  "installed ... Install it with: pip install -e \".[openclip]\"' "
+                                  "(tests/test_openclip.py)"}
 
 
 def _canonical(name: str) -> str:
@@ -149,7 +152,7 @@ def test_ci_installs_and_tests_as_the_readme_says_in_a_fresh_venv():
     script = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     lines = [ln.strip() for ln in script.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     readme = _readme_commands()
-    assert readme == {"install": 'pip install -e ".[test]"', "test": "python -m pytest -q"}
+    assert readme == {"install": 'pip install -e ".[test,openclip]"', "test": "python -m pytest -q"}
     venv = next(i for i, ln in enumerate(lines) if re.search(r'-m venv "\$VENV"$', ln))
     activate = lines.index('source "$VENV/bin/activate"')
     install, test = lines.index(readme["install"]), lines.index(readme["test"])

@@ -20,6 +20,14 @@ def extend_cfg(cfg) -> None:
         module.add_config(cfg)
 
 
+def finalize_cfg(cfg) -> None:
+    """After every file and option is merged (``cfg`` still mutable): ``INPUT.*`` left at OpenAI CLIP's
+    preprocessing take an ``open_clip:`` backbone's own (see ``plpp.openclip.preprocess``)."""
+    from .base import input_from_backbone
+
+    input_from_backbone(cfg)
+
+
 declare_default_keys(extend_cfg)
 
-__all__ = ["extend_cfg"]
+__all__ = ["extend_cfg", "finalize_cfg"]

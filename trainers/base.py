@@ -85,9 +85,39 @@ def check_clip_cfg(cfg, prec_key: str) -> None:
         raise ValueError(f"TRAINER.{prec_key}.TEXT_PASS '{text_pass}' is not valid; choose one of "
                          f"{', '.join(TEXT_PASS_CHOICES)} (fast: exact, only the tokens that change the features; "
                          "full: every prompt at all 77 tokens, as upstream)")
+    input_from_backbone(cfg)
     size = tuple(cfg.INPUT.SIZE)
     if len(size) != 2 or size[0] != size[1]:
         raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
+
+
+def input_from_backbone(cfg) -> None:
+    """``INPUT.*`` still at OpenAI CLIP's preprocessing take an ``open_clip:`` backbone's own.
+
+    Our ``train.py`` does it before the config is frozen and saved (``plpp.trainers.finalize_cfg``); the
+    trainers' config check does it again, for a Dassl checkout's own ``train.py`` (a frozen ``cfg`` is thawed
+    for it; nothing changes when the values are already the model's). Only the architecture and tag
+    configs are read; a name that cannot load is reported by the loader.
+    """
+    from plpp.openclip.names import is_open_clip_name
+
+    if not is_open_clip_name(cfg.MODEL.BACKBONE.NAME):
+        return
+    from plpp.clip_utils import ClipWeightsError
+    from plpp.openclip.loading import preprocess_config
+    from plpp.openclip.preprocess import input_from_model
+
+    try:
+        preprocess = preprocess_config(cfg.MODEL.BACKBONE.NAME)
+    except ClipWeightsError:
+        return
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    try:
+        input_from_model(cfg, preprocess)
+    finally:
+        if frozen:
+            cfg.freeze()
 
 
 def load_clip_for(cfg, prec_key: str, device: torch.device) -> tuple[Precision, nn.Module]:
@@ -100,6 +130,11 @@ def load_clip_for(cfg, prec_key: str, device: torch.device) -> tuple[Precision, 
     clip_model = precision.prepare(load_clip(cfg.MODEL.BACKBONE.NAME))
     record = identify_backbone(cfg.MODEL.BACKBONE.NAME)
     (logger.info if record["kind"] == KIND_OPENAI else logger.warning)(describe_backbone(record))
+    preprocess = getattr(clip_model, "preprocess", None)  # a backbone with its own preprocessing (open_clip)
+    if preprocess is not None:
+        from plpp.openclip.preprocess import describe_input
+
+        logger.info(describe_input(cfg, preprocess))
     resolution = clip_model.visual.input_resolution
     if cfg.INPUT.SIZE[0] != resolution:
         raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "

@@ -43,17 +43,18 @@ def init_context(n_ctx: int, ctx_init: str, clip_model: nn.Module, n_copies: int
     width = embedding.weight.shape[1]
     if ctx_init:
         text = ctx_init.replace("_", " ")
-        n_words, n_tokens = len(text.split(" ")), token_length(text)
+        n_words, n_tokens = len(text.split(" ")), token_length(text, clip_model)
         if n_words > n_tokens:
             raise ValueError(f"CTX_INIT '{text}' has {n_words} words (split on single spaces) but only {n_tokens} BPE "
                              "tokens, so the context would reach past the text; remove the extra spaces")
         if n_words != n_tokens:
-            fixed = decode_tokens(tokenize(text)[0, 1 + n_words : 1 + n_tokens].tolist())
+            fixed = decode_tokens(tokenize(text, clip_model)[0, 1 + n_words : 1 + n_tokens].tolist(), clip_model)
             logger.info(f"CTX_INIT '{text}' has {n_words} words but {n_tokens} BPE tokens: as upstream CoOp, the "
                         f"context is its first {n_words} tokens and the other {n_tokens - n_words} "
                         f"('{' '.join(fixed)}') stay fixed text after it")
         with torch.no_grad():
-            vectors = embedding(tokenize(text).to(embedding.weight.device))[0, 1 : 1 + n_words].float().clone()
+            ids = tokenize(text, clip_model).to(embedding.weight.device)
+            vectors = embedding(ids)[0, 1 : 1 + n_words].float().clone()
         if n_copies is not None:
             vectors = vectors.unsqueeze(0).repeat(n_copies, 1, 1)
         return vectors, text
@@ -105,8 +106,8 @@ class PromptLearner(nn.Module):
         logger.info(f'Initial context: "{prefix}" ({self.n_ctx} tokens, '
                     f'{"class-specific" if self.csc else "shared"})')
         names = [name.replace("_", " ") for name in classnames]
-        name_lens = [token_length(name) for name in names]
-        tokenized = tokenize([f"{prefix} {name}." for name in names])
+        name_lens = [token_length(name, clip_model) for name in names]
+        tokenized = tokenize([f"{prefix} {name}." for name in names], clip_model)
         embedding = clip_model.token_embedding
         with torch.no_grad():
             tokens = embedding(tokenized.to(embedding.weight.device)).float()
@@ -238,6 +239,7 @@ class CustomCLIP(nn.Module):
         self.text_encoder = TextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
         self.token_embedding = clip_model.token_embedding
+        self.tokenizer = getattr(clip_model, "tokenizer", None)  # the backbone's own (open_clip), else CLIP's
         self._text_cache: torch.Tensor | None = None
         self._text_cache_key: tuple = ()
 

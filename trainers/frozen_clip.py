@@ -84,7 +84,7 @@ def template_text_features(clip_model: nn.Module, classnames: Sequence[str], tem
     with fp32_clip(clip_model, torch.device(device)) as model:
         encoder = TextEncoder(model)  # the fast exact pass: each template's shared words once, names to their EOT
         for template in templates:
-            tokens = tokenize([template.format(name) for name in names]).to(device)
+            tokens = tokenize([template.format(name) for name in names], model).to(device)
             feats = torch.cat([encoder(template_prompts(model, tokens[i : i + batch_size])).features[0].float()
                                for i in range(0, len(names), batch_size)])
             if normalize_each:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from plpp.clip_utils import is_vision_transformer, token_length
+from plpp.clip_utils import token_length, vision_prompt_refusal
 from plpp.engine import TRAINER_REGISTRY
 from plpp.engine.utils import logger
 
@@ -84,17 +84,18 @@ class IndependentPromptLearner(PromptLearner):
                              "transformer's layers)")
         visual = clip_model.visual
         if depth_vision > 0:
-            if not is_vision_transformer(visual):
+            reason = vision_prompt_refusal(visual)
+            if reason:
                 raise ValueError(f"{key}.PROMPT_DEPTH_VISION {depth_vision} needs a ViT backbone (vision prompts are "
-                                 f"tokens), but MODEL.BACKBONE.NAME gives a {type(visual).__name__} image encoder. Use "
-                                 f"a ViT backbone such as ViT-B/16, or set {key}.PROMPT_DEPTH_VISION 0.")
+                                 f"tokens), but MODEL.BACKBONE.NAME cannot take them: {reason}. Use a ViT backbone "
+                                 f"such as ViT-B/16, or set {key}.PROMPT_DEPTH_VISION 0.")
             vision_layers = len(visual.transformer.resblocks)
             if depth_vision > vision_layers:
                 raise ValueError(f"{key}.PROMPT_DEPTH_VISION {depth_vision} must be between 0 and {vision_layers} "
                                  "(the vision transformer's layers)")
         if node.CTX_INIT:
             text = node.CTX_INIT.replace("_", " ")
-            n_tokens = token_length(text)
+            n_tokens = token_length(text, clip_model)
             if n_text > n_tokens:
                 raise ValueError(f"{key}.N_CTX_TEXT {n_text} is more than the {n_tokens} tokens of {key}.CTX_INIT "
                                  f"'{text}'. Lower N_CTX_TEXT, or set CTX_INIT '' for a random context.")

@@ -27,7 +27,7 @@ from plpp.engine import TRAINER_REGISTRY, TrainerX
 from plpp.engine.checkpoint import CheckpointError
 from plpp.engine.utils import logger
 
-from .base import load_clip_for
+from .base import input_from_backbone, load_clip_for
 
 #: First grid of ``C`` values (CoOp's lpclip); the first best is refined by ``SEARCH_STEPS`` rounds.
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -140,6 +140,7 @@ class LinearProbeCLIP(TrainerX):
         if node.PREC not in PRECISIONS:
             raise ValueError(f"TRAINER.LINEAR_PROBE.PREC '{node.PREC}' is not valid; choose one of "
                              f"{', '.join(PRECISIONS)}")
+        input_from_backbone(cfg)  # an open_clip backbone's own preprocessing (see trainers.base)
         size = tuple(cfg.INPUT.SIZE)
         if len(size) != 2 or size[0] != size[1]:
             raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
@@ -150,6 +151,7 @@ class LinearProbeCLIP(TrainerX):
         self.precision, clip_model = load_clip_for(self.cfg, self.PREC_KEY, self.device)
         clip_model.requires_grad_(False)
         self.image_encoder = clip_model.visual.to(self.device).eval()
+        self.image_dtype = clip_model.dtype  # the dtype images go in (the image tower's first layer's)
         dim = clip_model.text_projection.shape[1]
         self.model = LinearProbe(self.num_classes, dim).to(self.device)
         self.register_model(self.MODEL_NAME, self.model)
@@ -161,7 +163,7 @@ class LinearProbeCLIP(TrainerX):
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
         """Frozen CLIP's raw image features ``[B, D]`` (fp32), as lpclip's ``clip_model.visual(image)``."""
         with self.precision.autocast():
-            return self.image_encoder(image.to(self.device, self.image_encoder.conv1.weight.dtype)).float()
+            return self.image_encoder(image.to(self.device, self.image_dtype)).float()
 
     def _features_of(self, items, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and labels of ``items`` under the test transform (no augmentation), in order."""

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from plpp.clip_utils import encode_image_with_prompts, is_vision_transformer, token_length, tokenize
+from plpp.clip_utils import encode_image_with_prompts, token_length, tokenize, vision_prompt_refusal
 from plpp.engine import TRAINER_REGISTRY
 from plpp.engine.utils import logger
 
@@ -62,7 +62,7 @@ def init_leading_context(n_ctx: int, ctx_init: str, clip_model: nn.Module,
     if not ctx_init:
         return init_context(n_ctx, "", clip_model, n_copies)
     text = ctx_init.replace("_", " ")
-    n_tokens = token_length(text)
+    n_tokens = token_length(text, clip_model)
     if not 1 <= n_ctx <= n_tokens:
         raise ValueError(f"TRAINER.MAPLE.N_CTX {n_ctx} must be between 1 and the {n_tokens} tokens of "
                          f"TRAINER.MAPLE.CTX_INIT '{text}'. Lower N_CTX, or set CTX_INIT '' for a random context.")
@@ -72,7 +72,7 @@ def init_leading_context(n_ctx: int, ctx_init: str, clip_model: nn.Module,
                     "upstream's random start.")
     embedding = clip_model.token_embedding
     with torch.no_grad():
-        vectors = embedding(tokenize(text).to(embedding.weight.device))[0, 1 : 1 + n_ctx].float().clone()
+        vectors = embedding(tokenize(text, clip_model).to(embedding.weight.device))[0, 1 : 1 + n_ctx].float().clone()
     if n_copies is not None:
         vectors = vectors.unsqueeze(0).repeat(n_copies, 1, 1)
     return vectors, text
@@ -93,9 +93,10 @@ class MultiModalPromptLearner(PromptLearner):
 
     def __init__(self, maple_cfg, classnames: list[str], clip_model: nn.Module) -> None:
         visual = clip_model.visual
-        if not is_vision_transformer(visual):
+        reason = vision_prompt_refusal(visual)
+        if reason:
             raise ValueError(f"MaPLe needs a ViT backbone (vision prompts are tokens), but MODEL.BACKBONE.NAME "
-                             f"gives a {type(visual).__name__} image encoder. Use a ViT backbone such as ViT-B/16.")
+                             f"cannot take them: {reason}. Use a ViT backbone such as ViT-B/16.")
         depth = int(maple_cfg.PROMPT_DEPTH)
         max_depth = min(len(clip_model.transformer.resblocks), len(visual.transformer.resblocks))
         if not 1 <= depth <= max_depth:

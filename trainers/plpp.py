@@ -78,7 +78,7 @@ class PerplexityMixin:
         """The PLPP terms for context vectors and their aligned text states (any leading dims)."""
         p = self.cfg.TRAINER.PLPP
         if p.HIDDEN == "after":
-            states = states @ self.model.text_encoder.text_projection
+            states = self.model.text_encoder.project(states)
         return perplexity_losses(
             ctx, states, self.model.token_embedding.weight, topk=p.TOPK, temperature=p.TEMPERATURE,
             hard=p.HARD_LABEL, chunk_size=p.CHUNK_SIZE or None,
@@ -114,7 +114,7 @@ class PerplexityMixin:
         idx, sims = nearest_words(ctx, self.model.token_embedding.weight, k=k)
         words = []
         for row_idx, row_sim in zip(idx.tolist(), sims.tolist()):
-            names = decode_tokens(row_idx)
+            names = decode_tokens(row_idx, self.model)
             words.append("/".join(f"{w}({s:.2f})" for w, s in zip(names, row_sim)) if k > 1 else names[0])
         logger.info(f"Prompt words (epoch {self.epoch + 1}): " + " ".join(words))
 

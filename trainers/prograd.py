@@ -67,13 +67,13 @@ def init_trailing_context(n_ctx: int, ctx_init: str, clip_model: nn.Module,
     if n_ctx < n_words:
         raise ValueError(f"TRAINER.COOP.N_CTX {n_ctx} is less than the {n_words} words of the ProGrad context "
                          f"'{text}'; raise N_CTX to at least {n_words}, or set CTX_INIT '' for a random context")
-    n_tokens = token_length(text)
+    n_tokens = token_length(text, clip_model)
     if n_tokens != n_words:
         logger.info(f"Note: as upstream ProGrad, the context is initialised from the first {n_words} tokens of "
                     f"'{text}' (its word count); its other {n_tokens - n_words} token(s) stay fixed text after it")
     embedding = clip_model.token_embedding
     with torch.no_grad():
-        words = embedding(tokenize(text).to(embedding.weight.device))[0, 1 : 1 + n_words].float()
+        words = embedding(tokenize(text, clip_model).to(embedding.weight.device))[0, 1 : 1 + n_words].float()
     vectors = torch.zeros(n_ctx, words.shape[1], dtype=torch.float32)
     vectors[n_ctx - n_words :] = words.cpu()
     if n_copies is not None:

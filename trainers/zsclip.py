@@ -80,7 +80,7 @@ def zeroshot_text_features(clip_model: nn.Module, classnames: list[str], templat
     per_template = []
     for template in templates:
         prompts = [template.format(name.replace("_", " ")) for name in classnames]
-        tokens = tokenize(prompts).to(device)
+        tokens = tokenize(prompts, clip_model).to(device)
         feats = torch.cat([encoder(template_prompts(clip_model, tokens[i : i + batch_size])).features[0]
                            for i in range(0, len(prompts), batch_size)]).float()
         per_template.append(feats / feats.norm(dim=-1, keepdim=True))
@@ -109,7 +109,7 @@ class ZeroshotCLIP(TrainerX):
         encoder = TextEncoder(clip_model)
         encoder.mode = self.cfg.TRAINER[self.PREC_KEY].TEXT_PASS
         classnames = self.dm.dataset.classnames
-        first = text_layout(tokenize([templates[0].format(c.replace("_", " ")) for c in classnames]))
+        first = text_layout(tokenize([templates[0].format(c.replace("_", " ")) for c in classnames], clip_model))
         logger.info(f"Text pass (TRAINER.{self.PREC_KEY}.TEXT_PASS {encoder.mode}, first template): "
                     + encoder.describe(first, prefix_runs="once per template", per="template", device=self.device))
         with self.precision.autocast():

@@ -106,7 +106,7 @@ def _merge_file(cfg: CfgNode, path: str, what: str) -> None:
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """defaults → trainer keys → dataset YAML → trainer YAML → flags → trailing opts → freeze."""
     from plpp.engine import get_cfg_default
-    from plpp.trainers import extend_cfg
+    from plpp.trainers import extend_cfg, finalize_cfg
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -143,6 +143,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         raise _explain_key_error(cfg, exc, "the command-line options") from None
     except ValueError as exc:
         raise ValueError(f"Command-line options: {exc}") from None
+    finalize_cfg(cfg)
     cfg.freeze()
     return cfg
 

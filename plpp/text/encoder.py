@@ -76,6 +76,10 @@ class TextEncoder(nn.Module):
     def text_projection(self) -> torch.Tensor:
         return self.tower.text_projection
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """States ``[..., d]`` → the joint embedding ``[..., D]`` (the tower's projection, with its bias if any)."""
+        return self.tower.project(x)
+
     # --- what a pass computes ------------------------------------------------------------------------
 
     def plan(self, layout: TextLayout, groups: int, device: torch.device | None = None) -> TextPlan:
@@ -151,7 +155,7 @@ class TextEncoder(nn.Module):
         x = self.tower.run_reference(x, self.use_checkpoint, prompts.deep, prompts.deep_start).view(g, c, length, -1)
         eot = torch.tensor(prompts.layout.eot, device=x.device)
         pooled = x[:, torch.arange(c, device=x.device), eot]  # [G, C, d]
-        features = self.tower.final(pooled) @ self.tower.text_projection
+        features = self.tower.project(self.tower.final(pooled))
         if states_at is None:
             return TextOutput(features, None)
         if states_at.dim() == 1:
@@ -197,7 +201,7 @@ class TextEncoder(nn.Module):
         pooled = torch.cat([x[:, :, 0] for x in tails], dim=1)  # [G, C, d] in bucket order
         if plan.order is not None:
             pooled = pooled.index_select(1, plan.order)
-        features = tower.final(pooled) @ tower.text_projection
+        features = tower.project(tower.final(pooled))
         if states_at is None:
             return TextOutput(features, None)
         if not per_prompt:

@@ -2,8 +2,9 @@
 
 ``TextTower`` is the interface; ``ClipTextTower`` adapts the ``clip`` package's ``CLIP`` (sequence-first
 ``nn.MultiheadAttention`` blocks with ``ln_1``/``attn``/``ln_2``/``mlp``, ``positional_embedding``,
-``ln_final``, ``text_projection``). Another backbone (e.g. open_clip's text tower: batch-first blocks,
-layer scales) needs only its own subclass; hosts and the encoder stay as they are. The blocks' own
+``ln_final``, ``text_projection``). Another backbone (open_clip's text tower: batch-first blocks, layer
+scales, a mask passed to each block; ``plpp.openclip.text``) has its own subclass, which its model wrapper
+hands out through ``make_text_tower()``; hosts and the encoder stay as they are. The blocks' own
 weights are used throughout; nothing is copied or modified.
 """
 
@@ -43,6 +44,10 @@ class TextTower(nn.Module):
     def text_projection(self) -> torch.Tensor:
         """``[d, D]``: pooled state → feature."""
         raise NotImplementedError
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled states ``[..., d]`` → features ``[..., D]`` (a tower whose projection has a bias overrides this)."""
+        return x @ self.text_projection
 
     def embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Prompt embeddings ``[..., T, d]`` at positions ``start .. start+T-1`` → block input (positions added)."""
@@ -136,9 +141,13 @@ class ClipTextTower(TextTower):
 
 
 def text_tower(model: nn.Module) -> TextTower:
-    """The adapter for ``model``: a ``TextTower`` as it is, or ``clip.model.CLIP``'s text side."""
+    """The adapter for ``model``: a ``TextTower`` as it is, the one a backbone wrapper makes
+    (``model.make_text_tower()``, e.g. open_clip's), or ``clip.model.CLIP``'s text side."""
     if isinstance(model, TextTower):
         return model
+    make = getattr(model, "make_text_tower", None)
+    if callable(make):
+        return make()
     needed = ("transformer", "positional_embedding", "ln_final", "text_projection")
     missing = [name for name in needed if not hasattr(model, name)]
     if missing:

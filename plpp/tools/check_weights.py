@@ -1,7 +1,8 @@
 """Check that CLIP weights can be had before a long run starts: ``python -m plpp.tools.check_weights NAME``.
 
 ``NAME`` is what ``MODEL.BACKBONE.NAME`` takes: an OpenAI model name (found in the cache,
-``$PLPP_CLIP_CACHE`` or ``~/.cache/clip``, else downloaded) or a local ``.pt`` file. The weights are
+``$PLPP_CLIP_CACHE`` or ``~/.cache/clip``, else downloaded), a local ``.pt`` file, or an open_clip model
+(``open_clip:ARCH@TAG``, ``open_clip:ARCH@/path/file``). The weights are
 loaded once, so a truncated or foreign file is reported here too, and the file is identified (an
 OpenAI release by its checksum, a random-weight file by its marker, see :mod:`plpp.provenance`).
 Exit status 0 when usable, 1 with one message (which file is missing and where to put it) otherwise.
@@ -15,10 +16,12 @@ from collections.abc import Sequence
 
 
 def describe(model) -> str:
-    """``ViT, 224 px input, 512-d features, 151.3 M parameters`` for a ``clip.model.CLIP``."""
+    """``ViT, 224 px input, 512-d features, 151.3 M parameters`` for a ``clip.model.CLIP`` (or a wrapped
+    open_clip model: the image tower's class when it is not a ViT)."""
     from plpp.clip_utils import is_vision_transformer
 
-    kind = "ViT" if is_vision_transformer(model.visual) else "ResNet"
+    tower = getattr(model.visual, "tower", None)
+    kind = "ViT" if is_vision_transformer(model.visual) else type(tower).__name__ if tower is not None else "ResNet"
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     return (f"{kind}, {model.visual.input_resolution} px input, {model.text_projection.shape[1]}-d features, "
             f"{n_params:.1f} M parameters")
@@ -36,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         path = resolve_weights(args.name, setting=args.setting)
-        model = load_clip(path)
+        model = load_clip(args.name if args.name.startswith("open_clip:") else path)
     except ClipWeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@
 ``clip.model.CLIP`` with the architecture of the named OpenAI model (or ``tiny``, a very small one
 with 32 px input) and saves its state dict; use the file as ``MODEL.BACKBONE.NAME`` (or the demo's
 ``BACKBONE``). Nothing learned is in it: accuracies obtained with it are a pipeline check, not a result.
+``--open-clip ARCH`` builds any open_clip architecture instead (open_clip's own random initialisation);
+use the file as ``MODEL.BACKBONE.NAME open_clip:ARCH@FILE``.
 The file says so itself: the state dict is saved beside a ``plpp_origin`` marker of kind ``random``
 (:mod:`plpp.provenance`), so ``results.json`` and ``plpp-results`` label every number made with it.
 """
@@ -62,24 +64,69 @@ def save_random_clip(arch: str, path: str, seed: int = 0, half: bool = True) -> 
         import_clip().model.convert_weights(model)
     marker = origin_marker(KIND_RANDOM, "plpp.tools.random_clip", arch=arch, seed=seed,
                            dtype="fp16" if half else "fp32")
+    _save({ORIGIN_KEY: marker, "state_dict": model.state_dict()}, path)
+    return n_params
+
+
+def save_random_open_clip(arch: str, path: str, seed: int = 0, half: bool = True) -> tuple[int, dict]:
+    """Save a random open_clip ``arch`` (open_clip's own init) to ``path``, marked as random; returns the number
+    of parameters and the preprocessing config. ``half`` casts as open_clip's fp16 does (halving the file)."""
+    from plpp.openclip import import_open_clip
+    from plpp.openclip.loading import arch_config, check_supported, preprocess_config, quiet
+
+    name = f"open_clip:{arch}"
+    config = arch_config(arch, name, "--open-clip")
+    check_supported(config, arch, name, "--open-clip")
+    oc = import_open_clip(name, "--open-clip")
+    torch.manual_seed(seed)
+    with quiet():
+        model = oc.create_model(arch, pretrained=None).float().eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    if half:
+        from open_clip.model import convert_weights_to_lp
+
+        convert_weights_to_lp(model, torch.float16)
+    marker = origin_marker(KIND_RANDOM, "plpp.tools.random_clip", arch=name, seed=seed,
+                           dtype="fp16" if half else "fp32", quick_gelu=bool(config.get("quick_gelu", False)))
+    _save({ORIGIN_KEY: marker, "state_dict": model.state_dict()}, path)
+    return n_params, preprocess_config(name, "--open-clip")
+
+
+def _save(obj, path: str) -> None:
+    """``torch.save`` through a temporary file, so ``path`` is never left half-written."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        torch.save({ORIGIN_KEY: marker, "state_dict": model.state_dict()}, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
-    return n_params
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plpp.tools.random_clip", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="ViT-B/32", choices=list(ARCHS), help="architecture (default ViT-B/32)")
+    parser.add_argument("--open-clip", metavar="ARCH", default=None,
+                        help="an open_clip architecture instead (e.g. ViT-B-32; needs the openclip extra)")
     parser.add_argument("-o", "--output", required=True, help="file to write (e.g. clip_random.pt)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
     parser.add_argument("--fp32", action="store_true", help="keep every tensor in fp32 (twice the file size)")
     args = parser.parse_args(argv)
+    if args.open_clip is not None:
+        from plpp.clip_utils import ClipWeightsError
+
+        try:
+            n_params, pp = save_random_open_clip(args.open_clip, args.output, args.seed, half=not args.fp32)
+        except ClipWeightsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        size = osp.getsize(args.output) / 2**20
+        print(f"wrote {args.output}: random-weight open_clip {args.open_clip} ({n_params / 1e6:.1f} M parameters, "
+              f"{size:.0f} MiB, {pp['size']} px input); use it as MODEL.BACKBONE.NAME "
+              f"open_clip:{args.open_clip}@{osp.abspath(args.output)}. Pipeline checks only: it has learned nothing, "
+              "so accuracies obtained with it are not results.")
+        return 0
     n_params = save_random_clip(args.arch, args.output, args.seed, half=not args.fp32)
     size = osp.getsize(args.output) / 2**20
     print(f"wrote {args.output}: random-weight CLIP {args.arch} ({n_params / 1e6:.1f} M parameters, {size:.0f} MiB, "

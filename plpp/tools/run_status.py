@@ -93,7 +93,8 @@ def _backbone_file_diff(saved_json: dict | None, requested: dict) -> tuple[str, 
     if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
         return None
     name = str(requested.get("MODEL", {}).get("BACKBONE", {}).get("NAME", ""))
-    path = osp.expanduser(name)
+    local = name.split("@", 1)[1] if name.startswith("open_clip:") and "@" in name else name  # open_clip:ARCH@FILE
+    path = osp.expanduser(local)
     if not name or record.get("name") != name or not osp.isfile(path):
         return None
     from plpp.provenance import file_sha256
