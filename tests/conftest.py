@@ -27,6 +27,17 @@ def build_tiny_clip(seed: int = 0, **overrides) -> torch.nn.Module:
     return model.float().eval()
 
 
+def prompt_only_and_perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with only its prompt learner trainable, moved away from its init (seeded by the caller) so
+    that every learnable tensor matters in a comparison of passes."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("prompt_learner."))
+    with torch.no_grad():
+        for p in model.prompt_learner.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
 def save_tiny_clip(path: Path, seed: int = 0, **overrides) -> Path:
     torch.save(build_tiny_clip(seed, **overrides).state_dict(), path)
     return path

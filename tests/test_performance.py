@@ -25,7 +25,7 @@ from plpp.trainers.base import TEXT_CHECKPOINT_AUTO_TOKENS, check_clip_cfg, deci
 from plpp.trainers.cocoop import CoCoOpCLIP
 from plpp.trainers.coop import CustomCLIP
 from plpp.trainers.maple import MaPLeCLIP
-from tests.conftest import build_tiny_clip, write_fashion_mnist
+from tests.conftest import build_tiny_clip, prompt_only_and_perturbed, write_fashion_mnist
 
 CLASSNAMES = ["cat", "golden retriever", "sea_lion", "fire truck"]
 HOSTS = {"CoOp": CustomCLIP, "CoCoOp": CoCoOpCLIP, "MaPLe": MaPLeCLIP}
@@ -44,12 +44,7 @@ def _cfg(**opts) -> CN:
 def _model(host: str, clip_model, **opts) -> torch.nn.Module:
     torch.manual_seed(0)
     model = HOSTS[host](_cfg(**opts), CLASSNAMES, clip_model)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("prompt_learner."))
-    with torch.no_grad():  # move away from the init so every parameter matters
-        for p in model.prompt_learner.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return prompt_only_and_perturbed(model)
 
 
 WEIGHTS = {"ce": 1.0, "ppl": 0.1, "ippl": 0.1}  # TRAINER.PLPP's default weights

@@ -30,7 +30,7 @@ from plpp.trainers.maple import MaPLeCLIP
 from plpp.trainers.prograd import ProGradCLIP
 from plpp.trainers.promptsrc import PromptSRCCLIP
 from plpp.trainers.zsclip import IMAGENET_TEMPLATES_SELECT, zeroshot_text_features
-from tests.conftest import build_tiny_clip
+from tests.conftest import build_tiny_clip, prompt_only_and_perturbed
 from tests.text_reference import stock_features
 
 FILL = " ".join(["x"] * 70)  # with 4 tokens before it: [SOS] 4 + 70 + "." + [EOT] = 77, the whole context
@@ -86,12 +86,7 @@ def _model(case: str, clip_model, classnames=CLASSNAMES):
         classnames = [FILL_SHORT if name == FILL else name for name in classnames]
     torch.manual_seed(0)
     model = HOSTS[host](_cfg(**opts), classnames, clip_model)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("prompt_learner."))
-    with torch.no_grad():  # move away from the init so every parameter matters
-        for p in model.prompt_learner.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return prompt_only_and_perturbed(model)
 
 
 def _step(model, image, label, shift: bool, autocast) -> dict[str, torch.Tensor]:

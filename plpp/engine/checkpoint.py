@@ -15,7 +15,7 @@ import random
 import re
 import shutil
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -37,33 +37,30 @@ TEMP_FILE = re.compile(r".+\.tmp[-.]\d+$")
 NUMBERED = re.compile(r"^model\.pth\.tar-(\d+)$")
 
 
-def save_checkpoint(state: dict, fpath: str) -> None:
-    """Write ``state`` to ``fpath`` atomically (temp file in the same folder, fsync, rename)."""
-    os.makedirs(osp.dirname(fpath) or ".", exist_ok=True)
-    tmp = f"{fpath}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, fpath)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
-def copy_file_atomic(src: str, dst: str) -> None:
-    """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder (fsync, rename)."""
+def _write_atomic(dst: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``dst`` through ``write(f)`` on a temporary file in its folder, fsync and rename: never half a file."""
     tmp = f"{dst}.tmp-{os.getpid()}"
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, dst)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(state: dict, fpath: str) -> None:
+    """Write ``state`` to ``fpath`` atomically (temp file in the same folder, fsync, rename)."""
+    os.makedirs(osp.dirname(fpath) or ".", exist_ok=True)
+    _write_atomic(fpath, lambda f: torch.save(state, f))
+
+
+def copy_file_atomic(src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder (fsync, rename)."""
+    with open(src, "rb") as fin:
+        _write_atomic(dst, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20))
 
 
 def load_checkpoint(fpath: str, pickled_objects: str = "refuse") -> dict:
