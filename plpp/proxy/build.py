@@ -40,8 +40,9 @@ ORIGIN_KIND = "proxy_world"
 ORIGIN_TOOL = "plpp.tools.proxy_world"
 LABEL = "synthetic proxy world: not a result on real data"
 #: CPU threads of every build: matrix products round differently with other thread counts, so a fixed
-#: count is what makes the same seed give the same bytes whatever OMP_NUM_THREADS says.
-BUILD_THREADS = 2
+#: count is what makes the same seed give the same bytes whatever OMP_NUM_THREADS says. One thread: on a
+#: shared machine two threads spend most of their time waiting for each other.
+BUILD_THREADS = 1
 
 
 class ProxyWorldError(RuntimeError):
@@ -62,7 +63,8 @@ class BuildSpec:
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "quick": self.quick, "arch": ARCH, "pretrain": self.pretrain.to_dict(),
-                "per_class": dict(self.per_class), "threads": BUILD_THREADS}
+                "per_class": dict(self.per_class), "threads": BUILD_THREADS,
+                "classes": [c.name for c in world_classes()]}
 
 
 def build_spec(quick: bool = False, seed: int = 0) -> BuildSpec:
@@ -132,10 +134,11 @@ def write_dataset(data_root: str, style: str, spec: BuildSpec) -> tuple[dict, st
     for name, per_class in spec.per_class.items():
         images, labels = render_split(style, name, per_class, spec.pretrain.seed)
         entries = []
-        for i, (pixels, label) in enumerate(zip(images, labels.tolist())):
+        arrays = images.permute(0, 2, 3, 1).contiguous().numpy()  # [N, H, W, 3] for PIL
+        for i, (pixels, label) in enumerate(zip(arrays, labels.tolist())):
             rel = f"{classes[label].folder}/{name}_{i:05d}.png"
             buffer = io.BytesIO()
-            Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(buffer, format="PNG", compress_level=1)
+            Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
             digest.update(buffer.getvalue())
             with open(osp.join(image_root, rel), "wb") as f:
                 f.write(buffer.getvalue())

@@ -5,9 +5,10 @@ its size, fill, background and position vary within a class and are named by som
 Two rendering styles share the classes: ``photo`` (a filled shape on a plain background) and
 ``drawing`` (a coloured outline on paper), the second one for cross-domain protocols.
 
-Base and new classes are interleaved like a chessboard over (colour, shape): every colour and every
-shape occurs in both halves, so the new classes are new *combinations* of words the prompt has seen.
-Labels put the 24 base classes first, which is how ``DATASET.SUBSAMPLE_CLASSES base/new`` splits them.
+Labels run colour by colour (red circle, red square, ..., brown star), so ``DATASET.SUBSAMPLE_CLASSES``
+makes the 24 classes of the first four colours the base classes and the other 24 the new ones: new
+classes have colour words the prompt never trained with, and each half holds every shape, so the
+confusions that make the task hard (a square and a diamond, a star and a cross) stay inside each half.
 """
 
 from __future__ import annotations
@@ -94,16 +95,16 @@ class ProxyClass:
         return self.name.replace(" ", "_")
 
 
-def is_base(colour: int, shape: int) -> bool:
-    """The chessboard rule that makes half of the (colour, shape) pairs base classes."""
-    return (colour + shape) % 2 == 0
-
-
 def world_classes() -> list[ProxyClass]:
-    """The 48 classes, labelled base first (colour-major within each half)."""
+    """The 48 classes in label order: colour by colour, shapes in ``SHAPES`` order within a colour."""
+    return [ProxyClass(c * len(SHAPES) + s, c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
+
+
+def pretraining_pairs() -> list[tuple[int, int]]:
+    """The (colour, shape) pairs in the order pretraining draws them from: part of every build's random
+    stream, so it is fixed (changing it changes every proxy CLIP)."""
     pairs = [(c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
-    ordered = [p for p in pairs if is_base(*p)] + [p for p in pairs if not is_base(*p)]
-    return [ProxyClass(label, c, s) for label, (c, s) in enumerate(ordered)]
+    return [p for p in pairs if (p[0] + p[1]) % 2 == 0] + [p for p in pairs if (p[0] + p[1]) % 2 == 1]
 
 
 @dataclass
@@ -126,14 +127,17 @@ def sample_scenes(n: int, gen: torch.Generator, classes: torch.Tensor | None = N
                   drawing_fraction: float = 0.0) -> Scenes:
     """``n`` scenes with uniform nuisance attributes; ``classes`` [n] fixes each scene's class (labels).
 
-    Without ``classes`` the class is uniform over the world. ``drawing_fraction`` of the scenes (drawn
-    at random) are in the drawing style, the rest photos.
+    Without ``classes`` the (colour, shape) pair is uniform over the world. ``drawing_fraction`` of the
+    scenes (drawn at random) are in the drawing style, the rest photos.
     """
-    table = world_classes()
     if classes is None:
-        classes = torch.randint(len(table), (n,), generator=gen)
-    colour = torch.tensor([table[int(y)].colour for y in classes])
-    shape = torch.tensor([table[int(y)].shape for y in classes])
+        pairs = pretraining_pairs()
+        drawn = [pairs[int(i)] for i in torch.randint(len(pairs), (n,), generator=gen)]
+    else:
+        table = world_classes()
+        drawn = [(table[int(y)].colour, table[int(y)].shape) for y in classes]
+    colour = torch.tensor([c for c, _ in drawn])
+    shape = torch.tensor([s for _, s in drawn])
 
     def uniform(k: int) -> torch.Tensor:
         return torch.randint(k, (n,), generator=gen)

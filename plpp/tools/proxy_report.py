@@ -1,7 +1,7 @@
 """The proxy world's Markdown tables from run outputs: ``python -m plpp.tools.proxy_report ROOT [--world DIR]``.
 
 Reads what ``scripts/plpp/proxy.sh`` wrote under ``ROOT`` (base-to-new and few-shot runs through
-``plpp.results``, the sweep's ``sweep/sweep.json``) and the world's manifest, and prints the tables
+``plpp.results``, the sweep's ``sweep/sweep_<dataset>.json``) and the world's manifest, and prints the tables
 of docs/PROXY.md: base-to-new per method, few-shot per method, and the sweep of PLPP's open choices
 beside the defaults. ``-o FILE`` also writes them to a file; ``--update DOC`` replaces the part of
 ``DOC`` between the ``<!-- proxy-report:begin -->`` and ``<!-- proxy-report:end -->`` lines, so the
@@ -19,7 +19,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-DATASET = "proxy_world"
+#: The proxy-world datasets, in table order (folder names under the output root).
+DATASETS = ("proxy_world_drawing", "proxy_world")
+NAMES = {"proxy_world": "ProxyWorld (photos)", "proxy_world_drawing": "ProxyWorldDrawing (drawings)"}
 LABEL = "synthetic proxy world: not a result on real data"
 BEGIN, END = "<!-- proxy-report:begin -->", "<!-- proxy-report:end -->"
 #: Row order of the tables: zero-shot, then each host followed by its PLPP version; other trainers after.
@@ -67,21 +69,25 @@ def base2new_lines(root: Path, seeds: list[int] | None) -> list[str]:
     from plpp.results.layout import LayoutError, find_base2new_runs
 
     try:
-        runs = [r for r in find_base2new_runs(root) if r.dataset == DATASET]
+        found = find_base2new_runs(root)
     except LayoutError:
         return []
-    if not runs:
-        return []
-    summaries = sorted(summarize_base2new(root, runs, seeds), key=lambda s: _order(s.method.trainer))
-    rows = []
-    for s in summaries:
-        base, new, hm = s.base(DATASET), s.new(DATASET), s.hm(DATASET)
-        rows.append([s.method.trainer, s.method.cfg, cell(base.mean, base.std, base.n), cell(new.mean, new.std, new.n),
-                     "–" if hm is None else f"{hm:.1f}"])
-    used = sorted({seed for s in summaries for seed in s.seeds})
-    return [f"**Base-to-new** (16 shots of the 24 base classes; test accuracy %, mean ± std over seeds "
-            f"{' '.join(map(str, used))}; HM of the means):", "",
-            *_table(["method", "config", "base", "new", "HM"], rows), ""]
+    lines = []
+    for dataset in DATASETS:
+        runs = [r for r in found if r.dataset == dataset]
+        if not runs:
+            continue
+        summaries = sorted(summarize_base2new(root, runs, seeds), key=lambda s: _order(s.method.trainer))
+        rows = []
+        for s in summaries:
+            base, new, hm = s.base(dataset), s.new(dataset), s.hm(dataset)
+            rows.append([s.method.trainer, s.method.cfg, cell(base.mean, base.std, base.n),
+                         cell(new.mean, new.std, new.n), "–" if hm is None else f"{hm:.1f}"])
+        used = sorted({seed for s in summaries for seed in s.seeds})
+        lines += [f"**Base-to-new on {NAMES[dataset]}** (16 shots of the 24 base classes; test accuracy %, "
+                  f"mean ± std over seeds {' '.join(map(str, used))}; HM of the means):", "",
+                  *_table(["method", "config", "base", "new", "HM"], rows), ""]
+    return lines
 
 
 def fewshot_lines(root: Path, seeds: list[int] | None) -> list[str]:
@@ -89,27 +95,36 @@ def fewshot_lines(root: Path, seeds: list[int] | None) -> list[str]:
     from plpp.results.layout import LayoutError, find_fewshot_runs
 
     try:
-        runs = [r for r in find_fewshot_runs(root) if r.dataset == DATASET]
+        found = find_fewshot_runs(root)
     except LayoutError:
         return []
-    if not runs:
-        return []
-    summaries = sorted(summarize_fewshot(root, runs, seeds), key=lambda s: _order(s.method.trainer))
-    shots = sorted({k for s in summaries for k in s.shots})
-    rows = []
-    for s in summaries:
-        stats = [s.stat(DATASET, k) for k in shots]
-        rows.append([s.method.trainer, s.method.cfg, *(cell(st.mean, st.std, st.n) for st in stats)])
-    return ["**Few-shot** (all 48 classes; test accuracy %, mean ± std over seeds):", "",
-            *_table(["method", "config", *(f"{k} shot{'s' if k > 1 else ''}" for k in shots)], rows), ""]
+    lines = []
+    for dataset in DATASETS:
+        runs = [r for r in found if r.dataset == dataset]
+        if not runs:
+            continue
+        summaries = sorted(summarize_fewshot(root, runs, seeds), key=lambda s: _order(s.method.trainer))
+        shots = sorted({k for s in summaries for k in s.shots})
+        rows = []
+        for s in summaries:
+            stats = [s.stat(dataset, k) for k in shots]
+            rows.append([s.method.trainer, s.method.cfg, *(cell(st.mean, st.std, st.n) for st in stats)])
+        lines += [f"**Few-shot on {NAMES[dataset]}** (all 48 classes; test accuracy %, mean ± std over seeds):", "",
+                  *_table(["method", "config", *(f"{k} shot{'s' if k > 1 else ''}" for k in shots)], rows), ""]
+    return lines
 
 
 def sweep_lines(root: Path) -> list[str]:
-    path = root / "sweep" / "sweep.json"
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as f:
-        sweep = json.load(f)
+    lines = []
+    for dataset in DATASETS:
+        path = root / "sweep" / f"sweep_{dataset}.json"
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                lines += _sweep_table(json.load(f))
+    return lines
+
+
+def _sweep_table(sweep: dict) -> list[str]:
     selected = {sel["variant"] for sel in sweep["selection"].values()}
     rows = []
     for v in sweep["variants"]:
@@ -127,7 +142,8 @@ def sweep_lines(root: Path) -> list[str]:
             how = ("clearly (more than 2 standard errors)" if sel["clear"]
                    else "but not clearly (within 2 standard errors)")
             verdicts.append(f"{key}: {sel['value']} beats the default on val {how}")
-    return [f"**PLPP's open choices** ({sweep['trainer']} on base-to-new, seeds {' '.join(map(str, sweep['seeds']))}; "
+    return [f"**PLPP's open choices on {NAMES[sweep['dataset']]}** ({sweep['trainer']} on base-to-new, seeds "
+            f"{' '.join(map(str, sweep['seeds']))}; "
             f"one key changed at a time from the defaults {defaults}; selected on the {sweep['selected_on']}):", "",
             *_table(["setting", "val (base)", "base", "new", "HM"], rows), "",
             "Selection on val: " + "; ".join(verdicts) + ".", ""]

@@ -1,9 +1,10 @@
 """Sweep PLPP's open choices on the proxy world, select on the few-shot validation split, write JSON.
 
-``python -m plpp.tools.proxy_sweep --world DIR [--output ROOT] [--seeds 1 2 3] [--only KEY ...]``
+``python -m plpp.tools.proxy_sweep --world DIR [--output ROOT] [--seeds 1 2 3] [--only KEY ...] [-- KEY VALUE ...]``
 
 Each variant changes one ``TRAINER.PLPP`` key from its default (``VARIANTS``); each variant and seed
-is one base-to-new run: train on the base classes (16 shots) in the layout of
+is one base-to-new run on ``--dataset`` (default the drawings, as ``scripts/plpp/proxy.sh``): train
+on the base classes (16 shots) in the layout of
 ``scripts/plpp/base2new_train.sh``, evaluate the last checkpoint on the new classes as
 ``base2new_test.sh`` does, and evaluate it on the few-shot validation split of the base classes
 (the val images that training drew, min(16, 4) per class). The default variant is the
@@ -11,7 +12,7 @@ is one base-to-new run: train on the base classes (16 shots) in the layout of
 Finished runs are skipped, so a rerun continues where it stopped.
 
 Selection uses the validation accuracy only, never a test accuracy: per key, the value with the
-highest mean val accuracy over seeds. ``ROOT/sweep/sweep.json`` holds every variant's val, base, new
+highest mean val accuracy over seeds. ``ROOT/sweep/sweep_<dataset>.json`` holds every variant's val, base, new
 and HM (mean and std over seeds), the selection, and whether each selected value beats the default
 clearly (its mean val exceeds the default's by more than two standard errors of the difference).
 Exit status 0, 1 when a run failed, 2 on bad arguments.
@@ -32,17 +33,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TRAINER = "PLPP"
 CFG = "proxy"
-DATASET = "proxy_world"
+DATASETS = ("proxy_world_drawing", "proxy_world")
 SHOTS = 16
 SWEEP_DIR = "sweep"
 VAL_DIR = "val"
 
 #: The default of each open choice (trainers/plpp.py) and the values tried instead of it, one at a time.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "PPL_WEIGHT": ("0.1", ["0.0", "0.03", "0.3", "1.0"]),
-    "IPPL_WEIGHT": ("0.1", ["0.0", "0.03", "0.3", "1.0"]),
-    "TOPK": ("10", ["1", "3", "30"]),
-    "TEMPERATURE": ("0.1", ["0.03", "0.3", "1.0"]),
+    "PPL_WEIGHT": ("0.1", ["0.0", "0.3", "1.0"]),
+    "IPPL_WEIGHT": ("0.1", ["0.0", "0.3", "1.0"]),
+    "TOPK": ("10", ["1", "30"]),
+    "TEMPERATURE": ("0.1", ["0.03", "1.0"]),
     "SHIFT": ("False", ["True"]),
     "HIDDEN": ("before", ["after"]),
 }
@@ -74,20 +75,20 @@ def variants(only: Sequence[str] = ()) -> list[Variant]:
     return [Variant()] + [Variant(k, v) for k in keys for v in VARIANTS[k][1]]
 
 
-def run_dirs(root: str, variant: Variant, seed: int) -> tuple[str, str]:
+def run_dirs(root: str, dataset: str, variant: Variant, seed: int) -> tuple[str, str]:
     """The training and new-class evaluation folders (base2new_train.sh / base2new_test.sh layout)."""
     tree = root if not variant.key else osp.join(root, SWEEP_DIR, variant.name)
-    cell = osp.join(DATASET, f"shots_{SHOTS}", TRAINER, CFG, f"seed{seed}")
+    cell = osp.join(dataset, f"shots_{SHOTS}", TRAINER, CFG, f"seed{seed}")
     return osp.join(tree, "base2new", "train_base", cell), osp.join(tree, "base2new", "test_new", cell)
 
 
-def val_record(root: str, variant: Variant, seed: int) -> str:
-    return osp.join(root, SWEEP_DIR, VAL_DIR, variant.name, f"seed{seed}", "val.json")
+def val_record(root: str, dataset: str, variant: Variant, seed: int) -> str:
+    return osp.join(root, SWEEP_DIR, VAL_DIR, dataset, variant.name, f"seed{seed}", "val.json")
 
 
-def common_args(world: str, seed: int, out: str) -> list[str]:
+def common_args(world: str, dataset: str, seed: int, out: str) -> list[str]:
     return ["--root", osp.join(world, "data"), "--seed", str(seed), "--trainer", TRAINER,
-            "--dataset-config-file", str(REPO / "configs" / "datasets" / f"{DATASET}.yaml"),
+            "--dataset-config-file", str(REPO / "configs" / "datasets" / f"{dataset}.yaml"),
             "--config-file", str(REPO / "configs" / "trainers" / TRAINER / f"{CFG}.yaml"), "--output-dir", out]
 
 
@@ -136,17 +137,19 @@ def evaluate_val(train_dir: str, record: str) -> dict:
     return result
 
 
-def run_one(world: str, root: str, variant: Variant, seed: int, extra: list[str], dry_run: bool = False) -> None:
+def run_one(world: str, root: str, dataset: str, variant: Variant, seed: int, extra: list[str],
+            dry_run: bool = False) -> None:
     """Train, evaluate new classes, evaluate val: each step skipped when its result exists."""
-    train_dir, test_dir = run_dirs(root, variant, seed)
+    train_dir, test_dir = run_dirs(root, dataset, variant, seed)
+    record = val_record(root, dataset, variant, seed)
     weights = ["MODEL.BACKBONE.NAME", osp.join(world, "proxy-clip.pt")]
     steps = []
     if not osp.isfile(osp.join(train_dir, "results.json")):
-        steps.append(("train", [*common_args(world, seed, train_dir), "DATASET.NUM_SHOTS", str(SHOTS),
+        steps.append(("train", [*common_args(world, dataset, seed, train_dir), "DATASET.NUM_SHOTS", str(SHOTS),
                                 "DATASET.SUBSAMPLE_CLASSES", "base", *weights, *variant.opts, *extra]))
     if not osp.isfile(osp.join(test_dir, "results.json")):
         steps.append(("new", None))
-    if not osp.isfile(val_record(root, variant, seed)):
+    if not osp.isfile(record):
         steps.append(("val", None))
     for step, argv in steps:
         print(f"[{variant.name} seed {seed}] {step}", flush=True)
@@ -155,11 +158,11 @@ def run_one(world: str, root: str, variant: Variant, seed: int, extra: list[str]
         if step == "train":
             run_train_py(argv)
         elif step == "new":
-            run_train_py([*common_args(world, seed, test_dir), "--eval-only", "--model-dir", train_dir,
+            run_train_py([*common_args(world, dataset, seed, test_dir), "--eval-only", "--model-dir", train_dir,
                           "--load-epoch", str(last_epoch(train_dir)), "DATASET.NUM_SHOTS", str(SHOTS),
                           "DATASET.SUBSAMPLE_CLASSES", "new", *weights, *variant.opts, *extra])
         else:
-            evaluate_val(train_dir, val_record(root, variant, seed))
+            evaluate_val(train_dir, record)
 
 
 def _accuracy(path: str) -> float | None:
@@ -182,7 +185,7 @@ def stat(values: list[float]) -> dict:
             "values": values}
 
 
-def summarize(root: str, chosen: list[Variant], seeds: list[int]) -> dict:
+def summarize(root: str, dataset: str, chosen: list[Variant], seeds: list[int]) -> dict:
     """Every variant's val/base/new over seeds, the per-key selection on val, and whether it is clear."""
     from plpp.results.aggregate import harmonic_mean
 
@@ -190,9 +193,10 @@ def summarize(root: str, chosen: list[Variant], seeds: list[int]) -> dict:
     for variant in chosen:
         cells: dict[str, list[float]] = {"val": [], "base": [], "new": []}
         for seed in seeds:
-            train_dir, test_dir = run_dirs(root, variant, seed)
-            for part, path in (("val", val_record(root, variant, seed)), ("base", osp.join(train_dir, "results.json")),
-                               ("new", osp.join(test_dir, "results.json"))):
+            train_dir, test_dir = run_dirs(root, dataset, variant, seed)
+            paths = (("val", val_record(root, dataset, variant, seed)), ("base", osp.join(train_dir, "results.json")),
+                     ("new", osp.join(test_dir, "results.json")))
+            for part, path in paths:
                 value = _accuracy(path)
                 if value is not None:
                     cells[part].append(value)
@@ -212,7 +216,7 @@ def summarize(root: str, chosen: list[Variant], seeds: list[int]) -> dict:
         selection[key] = {"value": best["value"] or VARIANTS[key][0], "variant": best["name"],
                           "clear": clearly_better(best["val"], default["val"]) if best is not default else False}
     return {"format": "plpp-proxy-sweep/1", "label": "synthetic proxy world: not a result on real data",
-            "trainer": TRAINER, "cfg": CFG, "dataset": DATASET, "shots": SHOTS, "seeds": seeds,
+            "trainer": TRAINER, "cfg": CFG, "dataset": dataset, "shots": SHOTS, "seeds": seeds,
             "selected_on": "few-shot validation split of the base classes (never test)",
             "defaults": {k: d for k, (d, _) in VARIANTS.items()}, "variants": rows, "selection": selection}
 
@@ -230,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--world", required=True, metavar="DIR",
                         help="the proxy world (python -m plpp.tools.proxy_world)")
     parser.add_argument("--output", default="output/proxy", metavar="ROOT", help="output root (default output/proxy)")
+    parser.add_argument("--dataset", choices=DATASETS, default=DATASETS[0],
+                        help=f"proxy-world dataset config (default {DATASETS[0]})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=[], metavar="KEY",
                         help=f"sweep only these keys ({', '.join(VARIANTS)})")
@@ -250,14 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for variant in chosen:
             for seed in args.seeds:
-                run_one(world, root, variant, seed, list(args.opts), args.dry_run)
+                run_one(world, root, args.dataset, variant, seed, list(args.opts), args.dry_run)
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.dry_run:
         return 0
-    summary = summarize(root, chosen, list(args.seeds))
-    path = osp.join(root, SWEEP_DIR, "sweep.json")
+    summary = summarize(root, args.dataset, chosen, list(args.seeds))
+    path = osp.join(root, SWEEP_DIR, f"sweep_{args.dataset}.json")
     os.makedirs(osp.dirname(path), exist_ok=True)
     from plpp.engine.utils import write_json
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The proxy world end to end (docs/PROXY.md): build the world once, then zero-shot, base-to-new and
-# few-shot for every host and its PLPP version, the sweep of PLPP's open choices (selected on the
-# few-shot validation split), the tables, a plot and the Markdown report. Finished runs are skipped,
+# The proxy world end to end (docs/PROXY.md): build the world once, then zero-shot and base-to-new for
+# every host and its PLPP version, the sweep of PLPP's open choices (selected on the few-shot
+# validation split), few-shot, the tables, a plot and the Markdown report. Finished runs are skipped,
 # so a rerun only redoes what is missing and prints the report again.
 #
 #   bash scripts/plpp/proxy.sh [--dry-run] [KEY VALUE ...]
@@ -9,6 +9,8 @@
 #
 # Environment:
 #   WORLD     folder of the proxy world (default data/proxy-world; built there on the first run)
+#   DATASET   proxy_world_drawing (default: the drawings, where a prompt has most to learn) or
+#             proxy_world (the photos: the hand-crafted prompt is already close to the best one)
 #   QUICK     1: build and use the quick world (tests, CI) instead of the full one
 #   OUTPUT    output root (default output/proxy)
 #   SEEDS     seeds (default "1 2 3")
@@ -18,7 +20,7 @@
 #   SWEEP     1 (default): sweep TRAINER.PLPP's open choices (python -m plpp.tools.proxy_sweep); 0: skip
 #   PYTHON    interpreter (default python); DRY_RUN=1 (or --dry-run) prints the commands only
 # KEY VALUE options go to every train.py run (e.g. OPTIM.MAX_EPOCH 2 for a smoke test).
-# Output under $OUTPUT: base2new/ (plpp-results base2new), proxy_world/ (few-shot), sweep/sweep.json,
+# Output under $OUTPUT: base2new/ (plpp-results base2new), $DATASET/ (few-shot), sweep/sweep.json,
 # fewshot.png and report.md (python -m plpp.tools.proxy_report, the tables of docs/PROXY.md).
 # Every number it prints is from a synthetic proxy world: not a result on real data.
 set -euo pipefail
@@ -32,6 +34,9 @@ WORLD=$(plpp_abspath "${WORLD:-data/proxy-world}")
 DATA="$WORLD/data"
 export DATA
 WEIGHTS="$WORLD/proxy-clip.pt"
+DATASET=${DATASET:-proxy_world_drawing}
+[[ $DATASET == proxy_world || $DATASET == proxy_world_drawing ]] ||
+  plpp_usage_error "DATASET must be proxy_world or proxy_world_drawing, got '$DATASET'"
 read -r -a TRAINER_LIST <<<"${TRAINERS-CoOp PLPP CoCoOp PLPP_CoCoOp MaPLe PLPP_MaPLe}"
 read -r -a SHOT_LIST <<<"${SHOTS-1 4 16}"
 plpp_seeds
@@ -50,12 +55,12 @@ step "1/6 the proxy world in $WORLD"
 plpp_exec "${PLPP_PY[@]}" -m plpp.tools.proxy_world --out "$WORLD" "${BUILD_OPTS[@]}"
 
 step "2/6 zero-shot CLIP on the base and the new classes"
-DATASET_CONFIG=$(plpp_dataset_config proxy_world)
+DATASET_CONFIG=$(plpp_dataset_config "$DATASET")
 ZS_CONFIG=$(plpp_trainer_config ZeroshotCLIP proxy)
 for SEED in "${PLPP_SEEDS[@]}"; do
   for PART in base new; do
     FOLDER=$([[ $PART == base ]] && echo train_base || echo test_new)
-    DIR="$OUTPUT/base2new/$FOLDER/proxy_world/shots_16/ZeroshotCLIP/proxy/seed$SEED"
+    DIR="$OUTPUT/base2new/$FOLDER/$DATASET/shots_16/ZeroshotCLIP/proxy/seed$SEED"
     plpp_train_cmd ZeroshotCLIP "$DATASET_CONFIG" "$ZS_CONFIG" "$SEED" "$DIR"
     plpp_run "$DIR" eval "${PLPP_CMD[@]}" --eval-only DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES "$PART" \
       MODEL.BACKBONE.NAME "$WEIGHTS" "${OPTS[@]}"
@@ -64,23 +69,23 @@ done
 
 for T in "${TRAINER_LIST[@]}"; do
   step "3/6 base-to-new: $T"
-  bash "$PLPP_SCRIPTS/base2new.sh" proxy_world "$T" proxy MODEL.BACKBONE.NAME "$WEIGHTS" "${OPTS[@]}"
-done
-
-for K in "${SHOT_LIST[@]}"; do
-  for T in "${TRAINER_LIST[@]}"; do
-    step "4/6 few-shot: $T, $K shots"
-    NCTX=4 bash "$PLPP_SCRIPTS/main.sh" proxy_world "$K" proxy "$T" MODEL.BACKBONE.NAME "$WEIGHTS" "${OPTS[@]}"
-  done
+  bash "$PLPP_SCRIPTS/base2new.sh" "$DATASET" "$T" proxy MODEL.BACKBONE.NAME "$WEIGHTS" "${OPTS[@]}"
 done
 
 if [[ ${SWEEP:-1} == 1 ]]; then
-  step "5/6 PLPP's open choices, selected on the few-shot validation split"
-  plpp_exec "${PLPP_PY[@]}" -m plpp.tools.proxy_sweep --world "$WORLD" --output "$OUTPUT" --seeds "${PLPP_SEEDS[@]}" \
-    "${OPTS[@]}"
+  step "4/6 PLPP's open choices, selected on the few-shot validation split"
+  plpp_exec "${PLPP_PY[@]}" -m plpp.tools.proxy_sweep --world "$WORLD" --output "$OUTPUT" --dataset "$DATASET" \
+    --seeds "${PLPP_SEEDS[@]}" -- "${OPTS[@]}"
 else
-  step "5/6 PLPP's open choices: skipped (SWEEP=0)"
+  step "4/6 PLPP's open choices: skipped (SWEEP=0)"
 fi
+
+for K in "${SHOT_LIST[@]}"; do
+  for T in "${TRAINER_LIST[@]}"; do
+    step "5/6 few-shot: $T, $K shots"
+    NCTX=4 bash "$PLPP_SCRIPTS/main.sh" "$DATASET" "$K" proxy "$T" MODEL.BACKBONE.NAME "$WEIGHTS" "${OPTS[@]}"
+  done
+done
 
 step "6/6 tables, plot and report"
 plpp_exec "${PLPP_PY[@]}" -m plpp.results base2new "$OUTPUT" --seeds "${PLPP_SEEDS[@]}"
