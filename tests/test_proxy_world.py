@@ -237,7 +237,8 @@ def test_demo_falls_back_to_the_proxy_world_without_weights(quick_world, tmp_pat
                PYTHON=PYTHON, PLPP_CLIP_CACHE=str(cache), http_proxy=blocked, https_proxy=blocked,
                HTTP_PROXY=blocked, HTTPS_PROXY=blocked, no_proxy="", NO_PROXY="")
     env_run = {k: v for k, v in subprocess_env().items() if k not in ("BACKBONE", "SEEDS", "NCTX", "DRY_RUN")}
-    res = subprocess.run(["bash", "scripts/plpp/demo.sh", "OPTIM.MAX_EPOCH", "1", "DATASET.TEST_PER_CLASS", "5"],
+    tiny = ["OPTIM.MAX_EPOCH", "1", "DATASET.TEST_PER_CLASS", "5", "DATALOADER.TRAIN_X.BATCH_SIZE", "128"]
+    res = subprocess.run(["bash", "scripts/plpp/demo.sh", *tiny],
                          cwd=REPO, env={**env_run, **env}, capture_output=True, text=True, timeout=600)
     ok(res)
     lines = res.stdout.splitlines()
