@@ -27,7 +27,8 @@ def summary(out_dir: str, manifest: dict) -> str:
             f"  weights  {osp.join(out_dir, manifest['weights'])}   (MODEL.BACKBONE.NAME)\n"
             f"  data     {osp.join(out_dir, manifest['data_root'])}   (--root: ProxyWorld, ProxyWorldDrawing)\n"
             f"  zero-shot accuracy, 'a photo of a {{}}.': {photo['all']:.1f}% over 48 classes "
-            f"(base {photo['base']:.1f}, new {photo['new']:.1f}; drawings {drawing['all']:.1f}; chance 2.1)\n"
+            f"(base {photo['base']:.1f}, new {photo['new']:.1f}); drawings {drawing['all']:.1f}% "
+            f"(base {drawing['base']:.1f}, new {drawing['new']:.1f}); chance 2.1% over 48, 4.2% over 24\n"
             f"  {manifest['label']}")
 
 
