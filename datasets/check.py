@@ -24,6 +24,7 @@ from PIL import Image
 from tabulate import tabulate
 
 from plpp.engine import DATASET_REGISTRY, get_cfg_default
+from plpp.engine.data import DataCheckError
 from plpp.engine.utils import logger
 
 from .splits import DatasetError
@@ -109,7 +110,7 @@ def check_dataset(root: str, name: str, verify_images: bool, requested: bool) ->
     cfg.DATASET.NAME = name
     try:
         dataset = cls(cfg)
-    except DatasetError as exc:
+    except (DatasetError, DataCheckError) as exc:
         report.status, report.problems = "PROBLEM", [str(exc)]
         return report
     except Exception as exc:  # anything else is a reader bug or an unforeseen layout: still report it

@@ -20,6 +20,7 @@ import os.path as osp
 from typing import Any, Optional
 
 from plpp.engine import Datum
+from plpp.engine.data import check_class_coverage
 from plpp.engine.data import subsample_classes as _subsample
 from plpp.engine.utils import logger, read_json
 
@@ -56,6 +57,9 @@ def _load_cache(path: str, num_shots: int, seed: int, digest: str) -> Optional[d
         logger.info(f"Few-shot cache {path} was drawn from another split (hash {cache.get('split_hash')}, now "
                     f"{digest}); sampling again and rewriting it")
         return None
+    if not cache.get("train"):
+        logger.info(f"Few-shot cache {path} has no training images; sampling again and rewriting it")
+        return None
     try:
         check_entries(cache.get("train"), "train", path)
         if cache.get("val") is not None:
@@ -88,6 +92,8 @@ def sample_fewshot(dataset: Any, cfg: Any, split: Split, image_root: str, datase
     val = None
     if sample_val:
         val = dataset.generate_fewshot_dataset(to_datums(split["val"], image_root, source), num_shots=min(k, 4))
+    if not train:
+        raise DatasetError(f"{source}: the training list is empty, so there is nothing to sample {k} shots from.")
     if seed < 0:
         logger.info("SEED < 0: the few-shot subset is unseeded, so it is not cached")
         return train, val
@@ -116,9 +122,27 @@ def build_lists(dataset: Any, cfg: Any, split: Split, image_root: str, dataset_d
     else:
         train = to_datums(split["train"], image_root, source)
         val = None if val_is_test else to_datums(split["val"], image_root, source)
+    note_short_classes(train, int(cfg.DATASET.NUM_SHOTS))
     subsample = cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
+    name = type(dataset).__name__
     if val_is_test:
         train, test = subsample_classes(train, test, subsample=subsample)
+        check_class_coverage(train, None, test, name)
         return train, test, test
     train, val, test = subsample_classes(train, val, test, subsample=subsample)
+    check_class_coverage(train, val, test, name)
     return train, val, test
+
+
+def note_short_classes(train: list[Datum], num_shots: int) -> None:
+    """One log line naming the classes with fewer than ``num_shots`` training images (they keep all they have)."""
+    if num_shots < 1:
+        return
+    counts: dict[tuple[int, str], int] = {}
+    for item in train:
+        counts[(item.label, item.classname)] = counts.get((item.label, item.classname), 0) + 1
+    short = [f"'{name}' {n}" for (_, name), n in sorted(counts.items()) if n < num_shots]
+    if short:
+        listed = ", ".join(short[:20]) + (f", and {len(short) - 20} more" if len(short) > 20 else "")
+        logger.info(f"Note: {len(short)} of {len(counts)} classes have fewer than DATASET.NUM_SHOTS={num_shots} "
+                    f"training images and use all they have: {listed}")

@@ -65,7 +65,7 @@ class ImageNet(DatasetBase):
         image_root = osp.join(root, "images")
         listing = osp.join(root, LISTING_FILE)
         if osp.isfile(listing):
-            split = read_split(listing)
+            split = read_split(listing, required=("train", "test"))  # ImageNet's val is its test set
         else:
             split = self.scan_folders(image_root)
             write_json_quietly(split, listing, "ImageNet image listing", compact=True)

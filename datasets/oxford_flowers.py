@@ -6,7 +6,7 @@ from plpp.engine import DATASET_REGISTRY
 from plpp.engine.utils import read_json
 
 from .base import SplitDataset
-from .splits import DatasetError, Split, split_groups
+from .splits import DatasetError, Split, import_loadmat, split_groups
 
 
 @DATASET_REGISTRY.register()
@@ -24,7 +24,7 @@ class OxfordFlowers(SplitDataset):
     def build_split(self, root: str, image_root: str, split_path: str) -> Split:
         label_file, names_file = osp.join(root, "imagelabels.mat"), osp.join(root, "cat_to_name.json")
         self.need(split_path, image_root, label_file, names_file)
-        from scipy.io import loadmat  # only this fallback needs scipy
+        loadmat = import_loadmat('imagelabels.mat')  # only this fallback needs scipy
 
         try:
             labels = [int(y) for y in loadmat(label_file)["labels"].ravel()]

@@ -50,6 +50,16 @@ def dataset_folder(cfg: Any, folder: str, name: str, layout: str) -> str:
     return path
 
 
+def import_loadmat(what: str) -> Callable[..., Any]:
+    """``scipy.io.loadmat``, or a :class:`DatasetError` saying to install scipy to read ``what``."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise DatasetError(f"Reading {what} needs scipy, which is not installed: pip install scipy (or download "
+                           "the split file named in docs/DATASETS.md, which needs no .mat files).") from None
+    return loadmat
+
+
 def require_dir(path: str, name: str, layout: str) -> str:
     """``path`` if it is a directory, else a :class:`DatasetError` naming it and the expected layout."""
     if not osp.isdir(path):
@@ -83,8 +93,8 @@ def check_entries(entries: Any, key: str, path: str) -> list[Entry]:
     return [list(e) for e in entries]
 
 
-def read_split(path: str) -> Split:
-    """Read and validate a split file (missing ``val``/``test`` keys read as empty)."""
+def read_split(path: str, required: Sequence[str] = SPLIT_KEYS) -> Split:
+    """Read and validate a split file; the ``required`` lists must be non-empty (absent others read as empty)."""
     try:
         data = read_json(path)
     except (OSError, ValueError) as exc:
@@ -93,7 +103,13 @@ def read_split(path: str) -> Split:
     if not isinstance(data, dict) or "train" not in data:
         raise DatasetError(f"Split file {path} is not a JSON object with 'train', 'val' and 'test' lists. "
                            "Delete it to rebuild it, or download a fresh copy.")
-    return {key: check_entries(data.get(key, []), key, path) for key in SPLIT_KEYS}
+    split = {key: check_entries(data.get(key, []), key, path) for key in SPLIT_KEYS}
+    empty = [key for key in required if not split[key]]
+    if empty:
+        raise DatasetError(f"Split file {path}: the '{empty[0]}' list is empty (or missing); a split needs images in "
+                           f"{', '.join(repr(k) for k in required)}. Delete the file to rebuild it, or download a "
+                           "fresh copy.")
+    return split
 
 
 def write_json_quietly(obj: Any, path: str, what: str, compact: bool = False) -> bool:

@@ -8,7 +8,7 @@ import os.path as osp
 from plpp.engine import DATASET_REGISTRY
 
 from .base import SplitDataset
-from .splits import DatasetError, Entry, Split, split_trainval
+from .splits import DatasetError, Entry, Split, import_loadmat, split_trainval
 
 
 def year_first(devkit_name: str) -> str:
@@ -46,7 +46,7 @@ class StanfordCars(SplitDataset):
         if not osp.exists(test_annos) and osp.exists(osp.join(root, "devkit", "cars_test_annos_withlabels.mat")):
             test_annos = osp.join(root, "devkit", "cars_test_annos_withlabels.mat")
         self.need(split_path, meta, train_annos, test_annos)
-        from scipy.io import loadmat  # only this fallback needs scipy
+        loadmat = import_loadmat('the StanfordCars devkit (.mat files)')  # only this fallback needs scipy
 
         try:
             names = [str(n[0]) for n in loadmat(meta)["class_names"][0]]

@@ -3,17 +3,20 @@
 Nothing here forks CLIP: the text transformer's blocks are run one by one so that callers can read
 the per-token hidden states (what PLPP needs), checkpoint activations, or replace prompt tokens
 between blocks (deep prompts, on the text side through ``TextEncoder(between=...)`` and on the
-vision side through ``encode_image_with_prompts``).
+vision side through ``encode_image_with_prompts``). The ``clip`` package is the installed
+distribution's, loaded under a private name (:func:`import_clip`), so a checkout's own modified
+``clip/`` (MaPLe, PromptSRC, ...) can neither break nor silently change our model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
+import importlib.util
 import logging
 import os
 import os.path as osp
+import re
 import sys
 import types
 from collections.abc import Sequence
@@ -32,10 +35,39 @@ class ClipWeightsError(RuntimeError):
     """CLIP weights could not be found, downloaded or read; the message says how to provide them."""
 
 
-def import_clip() -> types.ModuleType:
-    """Import the ``clip`` package, shimming ``pkg_resources`` where setuptools ≥ 82 removed it."""
-    if "clip.clip" in sys.modules:
-        return sys.modules["clip"]
+#: The installed distributions that provide the stock ``clip`` package, in order of preference.
+CLIP_DISTRIBUTIONS = ("clip-anytorch", "openai-clip", "clip")
+#: The private name the stock package is loaded under (never ``clip``, which a checkout may own).
+STOCK_CLIP_NAME = "plpp._stock_clip"
+
+
+class ClipPackageError(RuntimeError):
+    """The stock ``clip`` package is not installed where ``importlib.metadata`` can find it."""
+
+
+def stock_clip_dir() -> str:
+    """The folder of the installed ``clip`` distribution's package (``.../site-packages/clip``).
+
+    Found through the installed distributions' file lists, never through ``sys.path``: a checkout's
+    own ``clip/`` folder (MaPLe, PromptSRC, ... ship a modified copy) is not an installed distribution.
+    """
+    from importlib import metadata
+
+    for name in CLIP_DISTRIBUTIONS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        init = osp.abspath(str(dist.locate_file("clip/__init__.py")))
+        if osp.isfile(init):
+            return osp.dirname(init)
+    raise ClipPackageError(
+        "The stock CLIP package is not installed (none of the distributions "
+        f"{', '.join(CLIP_DISTRIBUTIONS)} provides clip/__init__.py). Install it with: pip install clip-anytorch")
+
+
+def _shim_pkg_resources() -> None:
+    """Give the clip packages the ``pkg_resources.packaging`` they import (setuptools ≥ 82 removed it)."""
     try:
         importlib.import_module("pkg_resources")
     except ImportError:
@@ -45,13 +77,37 @@ def import_clip() -> types.ModuleType:
         shim = types.ModuleType("pkg_resources")
         shim.packaging = packaging  # the only attribute the clip packages use
         sys.modules["pkg_resources"] = shim
-    import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # pkg_resources deprecation notice
-        clip = importlib.import_module("clip")
-    importlib.import_module("clip.model")
-    return clip
+
+def import_clip() -> types.ModuleType:
+    """The installed ``clip`` distribution's package, loaded under the private name ``plpp._stock_clip``.
+
+    Whatever module is ``sys.modules["clip"]`` (a checkout's modified copy, imported by its own
+    trainers) is neither used nor replaced: our model is always the stock one, and the checkout's
+    trainers keep theirs. Submodules are ``import_clip().clip``, ``.model`` and ``.simple_tokenizer``.
+    """
+    module = sys.modules.get(STOCK_CLIP_NAME)
+    if module is not None:
+        return module
+    folder = stock_clip_dir()
+    _shim_pkg_resources()
+    spec = importlib.util.spec_from_file_location(STOCK_CLIP_NAME, osp.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[STOCK_CLIP_NAME] = module
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pkg_resources deprecation notice
+            spec.loader.exec_module(module)
+            for sub in ("clip", "model", "simple_tokenizer"):
+                setattr(module, sub, importlib.import_module(f"{STOCK_CLIP_NAME}.{sub}"))
+    except BaseException:
+        for name in [n for n in sys.modules if n == STOCK_CLIP_NAME or n.startswith(STOCK_CLIP_NAME + ".")]:
+            del sys.modules[name]
+        raise
+    return module
 
 
 def clip_models() -> dict[str, str]:
@@ -64,11 +120,9 @@ def clip_cache_dir() -> str:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from plpp.provenance import file_sha256  # one pass per file and run, shared with results.json's record
+
+    return file_sha256(path)
 
 
 def resolve_weights(name: str, setting: str = "MODEL.BACKBONE.NAME") -> str:
@@ -103,33 +157,88 @@ def resolve_weights(name: str, setting: str = "MODEL.BACKBONE.NAME") -> str:
             "file (TorchScript archive or state dict).") from None
 
 
+#: Keys every CLIP state dict has, whatever the image tower (``clip.model.CLIP``).
+CLIP_CORE_KEYS = ("positional_embedding", "text_projection", "token_embedding.weight", "ln_final.weight")
+EXPECTED_WEIGHTS = ("Expected an OpenAI CLIP release (e.g. ViT-B-16.pt) or a torch.save'd state dict of "
+                    "clip.model.CLIP (e.g. from python -m plpp.tools.random_clip)")
+
+
+def _few(names: Sequence[str], n: int = 4) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" (and {len(names) - n} more)" if len(names) > n else "")
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    import warnings
+    """The tensors of a CLIP weights file, read without running anything stored in it.
+
+    TorchScript archives (OpenAI's releases) go through :mod:`plpp.restricted_io`, which never runs
+    their code; ``torch.save`` files are unpickled with tensors and plain containers only. A
+    ``{"state_dict": ...}`` wrapper (with or without a ``plpp_origin`` marker) is unwrapped.
+    """
+    from plpp.restricted_io import (
+        RestrictedLoadError,
+        is_torchscript_archive,
+        load_restricted,
+        read_torchscript_state_dict,
+    )
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit deprecation notice; OpenAI ships TorchScript archives
-            archive = torch.jit.load(path, map_location="cpu")
-        return archive.state_dict()
-    except RuntimeError:
-        pass
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ClipWeightsError(f"Cannot read CLIP weights from {path} ({type(exc).__name__}: {exc}). "
-                               "Expected an OpenAI TorchScript archive or a torch.save'd state dict.") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        if is_torchscript_archive(path):
+            state = read_torchscript_state_dict(path)
+        else:
+            state = load_restricted(path)
+    except RestrictedLoadError as exc:
+        raise ClipWeightsError(f"Cannot read CLIP weights: {exc}. {EXPECTED_WEIGHTS}.") from None
+    except OSError as exc:
+        raise ClipWeightsError(f"Cannot read CLIP weights from {path} ({exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or "token_embedding.weight" not in state:
-        raise ClipWeightsError(f"{path} is not a CLIP state dict (no 'token_embedding.weight')")
+    if not isinstance(state, dict):
+        raise ClipWeightsError(f"{path} holds a {type(state).__name__}, not a CLIP state dict. {EXPECTED_WEIGHTS}.")
+    others = [str(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if others:
+        raise ClipWeightsError(f"{path} is not a CLIP state dict: entries {_few(others)} are not named tensors. "
+                               f"{EXPECTED_WEIGHTS}.")
+    missing = [k for k in CLIP_CORE_KEYS if k not in state]
+    if missing:
+        held = f"it holds {len(state)} tensors, e.g. {_few(list(state), 3)}" if state else "it holds no tensors"
+        raise ClipWeightsError(f"{path} is not a CLIP state dict: {_few(missing)} missing ({held}). "
+                               f"{EXPECTED_WEIGHTS}.")
     return state
+
+
+def _key_list(message: str, label: str) -> list[str]:
+    """The key names after ``label`` in a ``load_state_dict`` error message."""
+    match = re.search(label + r' in state_dict: (.*?)\.\s*(?:\n|$)', message)
+    return re.findall(r'"([^"]+)"', match.group(1)) if match else []
+
+
+def _build_clip(state: dict[str, torch.Tensor], path: str) -> nn.Module:
+    """``clip.model.build_model`` on ``state``; a layout it does not fit is one message naming the keys."""
+    try:
+        return import_clip().model.build_model(dict(state))
+    except KeyError as exc:
+        key = exc.args[0] if exc.args else "?"
+        raise ClipWeightsError(f"{path} is not a complete CLIP state dict: '{key}' is missing. "
+                               f"{EXPECTED_WEIGHTS}.") from None
+    except (RuntimeError, AssertionError, ValueError, IndexError, ZeroDivisionError) as exc:
+        text = str(exc)
+        parts = []
+        for label, what in (("Missing key\\(s\\)", "missing"), ("Unexpected key\\(s\\)", "unexpected")):
+            keys = _key_list(text, label)
+            if keys:
+                parts.append(f"{what} {_few(keys)}")
+        shapes = [m.split(":")[0] for m in text.split("size mismatch for ")[1:]]
+        if shapes:
+            parts.append(f"wrong shape for {_few(shapes)}")
+        detail = "; ".join(parts) or f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        raise ClipWeightsError(f"{path} does not fit CLIP's layout ({detail}). {EXPECTED_WEIGHTS}.") from None
 
 
 def load_clip(name: str) -> nn.Module:
     """Build ``clip.model.CLIP`` on the CPU, in fp32, from a CLIP name or a local weights file."""
     path = resolve_weights(name)
-    state = _read_state_dict(path)
-    model = import_clip().model.build_model(dict(state))
+    model = _build_clip(_read_state_dict(path), path)
     return model.float().eval()
 
 
@@ -142,18 +251,24 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 class Precision:
-    """How a CLIP model runs: ``fp32``, ``fp16`` (weights in half, fp32 prompt parameters), ``amp`` or ``bf16``.
+    """How a CLIP model runs: ``fp32``, ``fp16`` (upstream's half precision), ``amp`` or ``bf16``.
 
-    ``fp16`` and ``amp`` fall back to fp32 on the CPU (half kernels there are slow or missing), and
-    ``bf16`` falls back to fp32 on a device without bf16 support, each with one log line saying so.
-    In ``fp16`` the prompt parameters stay fp32 master copies (the hosts create them after ``prepare``
-    and cast them in the forward pass), so the optimizer and its state work in fp32.
+    ``fp16`` is upstream's: CLIP's weights in half, and the prompt tensors that upstream creates in
+    CLIP's dtype (``ctx``, CoCoOp's meta-net, MaPLe's ``proj``: see :meth:`cast_learnable`) trained in
+    fp16 by plain SGD, with fp16 optimizer state and no loss scaling. ``amp`` keeps fp32 master weights
+    and autocasts the forward pass with a gradient scaler (the recommended mixed precision). ``fp16``
+    and ``amp`` fall back to fp32 on the CPU (half kernels there are slow or missing), and ``bf16``
+    falls back to fp32 on a device without bf16 support, each with one log line saying so.
     """
+
+    #: ``fp16`` prompt tensors are declared by the prompt learner in this attribute (names or name prefixes).
+    LEARNER_ATTR = "FP16_PARAMETERS"
 
     def __init__(self, prec: str, device: torch.device, key: str = "PREC") -> None:
         if prec not in PRECISIONS:
             raise ValueError(f"{key} '{prec}' is not valid; choose one of {', '.join(PRECISIONS)}")
         self.requested = prec
+        self.key = key
         self.device = torch.device(device)
         if self.device.type != "cuda" and prec in ("fp16", "amp"):
             logger.info(f"Note: {key} {prec} needs CUDA; running in fp32 on {self.device.type}")
@@ -172,6 +287,42 @@ class Precision:
         if self.mode == "fp16":
             import_clip().model.convert_weights(clip_model)
         return clip_model
+
+    def learnable_dtype(self, learner: nn.Module, name: str) -> torch.dtype:
+        """The dtype the learner's parameter ``name`` trains in: fp16 under ``fp16`` when the learner declares it."""
+        if self.mode != "fp16":
+            return torch.float32
+        prefixes = tuple(getattr(learner, self.LEARNER_ATTR, ()))
+        half = any(name == p or name.startswith(p + ".") for p in prefixes)
+        return torch.float16 if half else torch.float32
+
+    def cast_learnable(self, learner: nn.Module) -> dict[str, list[str]]:
+        """Give each parameter of the prompt learner the dtype upstream trains it in; returns names per dtype.
+
+        Under ``fp16`` the parameters the learner lists in ``FP16_PARAMETERS`` (those upstream creates in
+        CLIP's dtype or ``.half()``s) become fp16, so the optimizer built on them steps and keeps its state
+        in fp16, as upstream's does; the others stay fp32 as in upstream (MaPLe's and IVLP's deep prompts,
+        cast to CLIP's dtype in the forward pass). In every other mode all parameters stay fp32. Call it
+        before the optimizer is built; the forward passes cast prompts to the encoders' dtype either way.
+        """
+        names: dict[str, list[str]] = {"fp16": [], "fp32": []}
+        for name, param in learner.named_parameters():
+            dtype = self.learnable_dtype(learner, name)
+            if param.dtype != dtype:
+                param.data = param.data.to(dtype)
+            names["fp16" if dtype == torch.float16 else "fp32"].append(name)
+        if self.mode == "fp16" and names["fp16"]:
+            logger.info(f"{self.key} fp16, as upstream: {', '.join(names['fp16'])} trained in fp16 with fp16 "
+                        "optimizer state (no fp32 master copy, no loss scaling); PREC amp keeps fp32 master weights")
+        return names
+
+    def loss_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits as the host's cross-entropy takes them: in fp32, except under ``fp16``.
+
+        Upstream's ``fp16`` computes the cross-entropy on the half logits, and its gradients then differ
+        from an fp32 loss's at half precision; kept, so that ``fp16`` trains exactly what upstream trains.
+        """
+        return logits if self.mode == "fp16" else logits.float()
 
     def autocast(self):
         if self.mode == "amp":
@@ -253,14 +404,16 @@ class TextEncoder(nn.Module):
 def replace_tokens(x: torch.Tensor, start: int | None, tokens: torch.Tensor) -> torch.Tensor:
     """Put ``tokens`` [n, w] at sequence positions ``start .. start+n`` of ``x`` [L, N, w] (all N rows).
 
-    ``start=None`` replaces the last ``n`` positions. Returns a new tensor in ``x``'s dtype.
+    ``start=None`` replaces the last ``n`` positions. Returns a new tensor in ``x``'s dtype. The tokens are
+    expanded before the cast, so their gradient is summed over the N rows in their own dtype (fp32 prompts
+    of an fp16 model: upstream MaPLe's order, and a sum that does not round in half).
     """
     n = tokens.shape[0]
     if start is None:
         start = x.shape[0] - n
     if start < 0 or start + n > x.shape[0]:
         raise ValueError(f"cannot place {n} prompt tokens at position {start} of a {x.shape[0]}-token sequence")
-    block = tokens.to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
+    block = tokens.unsqueeze(1).expand(-1, x.shape[1], -1).to(x.dtype)
     return torch.cat([x[:start], block, x[start + n :]], dim=0)
 
 
@@ -304,7 +457,7 @@ def encode_image_with_prompts(visual: nn.Module, image: torch.Tensor, first_prom
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
     if first_prompt is not None:
-        x = torch.cat([x, first_prompt.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        x = torch.cat([x, first_prompt.expand(x.shape[0], -1, -1).to(x.dtype)], dim=1)
     x = visual.ln_pre(x).permute(1, 0, 2)  # [L, B, w]
     between = deep_prompt_hook(deep_prompts, None) if deep_prompts else None
     x = run_blocks(x, visual.transformer.resblocks, use_checkpoint, between)

@@ -267,11 +267,22 @@ def test_grid_runs_commands_skips_finished_and_reports_failures(tmp_path):
     assert again.returncode == 1 and "4 job(s): 3 finished (skipped), 1 to run" in again.stdout
 
 
+def finished_run(out: Path, args: list[str]) -> None:
+    """The config.yaml and results.json a finished training run with train.py ``args`` leaves."""
+    from plpp.engine.cli import get_parser, setup_cfg
+
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(setup_cfg(get_parser().parse_args(args)).dump())
+    (out / "results.json").write_text(json.dumps({"format": "plpp-results/1", "accuracy": 1.0, "eval_only": False}))
+
+
 def test_grid_expands_the_protocol_script_per_seed_and_skips_finished_seeds(tmp_path):
     out = tmp_path / "out"
     seed1 = out / "fashion_mnist" / "PLPP" / "vit_b16_ep50_1shots" / "nctx16_cscFalse_ctpend" / "seed1"
-    seed1.mkdir(parents=True)
-    (seed1 / "results.json").write_text("{}")
+    finished_run(seed1, ["--root", str(tmp_path), "--seed", "1", "--trainer", "PLPP",
+                         "--dataset-config-file", f"{REPO}/configs/datasets/fashion_mnist.yaml",
+                         "--config-file", f"{REPO}/configs/trainers/PLPP/vit_b16_ep50.yaml",
+                         "DATASET.NUM_SHOTS", "1", "TRAINER.COOP.N_CTX", "16", "OPTIM.MAX_EPOCH", "1"])
     args = ["fewshot", "--datasets", "fashion_mnist", "--shots", "1", "2", "--seeds", "1", "2", "--dry-run",
             "--", "OPTIM.MAX_EPOCH", "1"]
     res = grid(args, tmp_path, DATA=str(tmp_path), OUTPUT=str(out))
@@ -279,8 +290,27 @@ def test_grid_expands_the_protocol_script_per_seed_and_skips_finished_seeds(tmp_
     assert "4 job(s): 1 finished (skipped), 3 to run" in res.stdout
     assert "skip fashion_mnist_PLPP_1shots_seed1: finished" in res.stdout
     assert "would run fashion_mnist_PLPP_2shots_seed2: SEEDS=2 bash " in res.stdout
-    assert "main.sh fashion_mnist 2 - PLPP OPTIM.MAX_EPOCH 1" in res.stdout
+    assert "main.sh fashion_mnist 2 PLPP - OPTIM.MAX_EPOCH 1" in res.stdout
+    # the same grid with other options finds seed1 made with another config: it refuses instead of skipping
+    changed = grid([*args[:-1], "2"], tmp_path, DATA=str(tmp_path), OUTPUT=str(out))
+    assert changed.returncode == 2 and "OPTIM.MAX_EPOCH: saved 1, requested 2" in changed.stderr
     shard = grid([*args[:-3], "--shard", "1/2"], tmp_path, DATA=str(tmp_path), OUTPUT=str(out))
     assert "2 job(s) (shard 1/2)" in shard.stdout
     bad = grid(["fewshot", "--datasets", "nope", "--shots", "1"], tmp_path, DATA=str(tmp_path))
     assert bad.returncode == 2 and "configs/datasets/nope.yaml not found" in bad.stderr
+
+
+def test_grid_command_lines_of_train_py_compare_the_saved_config(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    base = [f"{REPO}/train.py", "--root", str(tmp_path), "--trainer", "CoOp", "--config-file",
+            f"{REPO}/configs/trainers/CoOp/vit_b16.yaml", "--output-dir", str(run)]
+    finished_run(run, base[1:] + ["OPTIM.MAX_EPOCH", "3"])
+    (tmp_path / "same.txt").write_text(" ".join(["python", *base, "OPTIM.MAX_EPOCH", "3"]) + "\n")
+    (tmp_path / "other.txt").write_text(" ".join(["python", *base, "OPTIM.MAX_EPOCH", "4"]) + "\n")
+    from plpp.tools import grid as grid_tool  # in-process: the config machinery is already imported here
+
+    monkeypatch.chdir(tmp_path)
+    assert grid_tool.main(["commands", "same.txt", "--dry-run"]) == 0
+    assert "1 job(s): 1 finished (skipped), 0 to run" in capsys.readouterr().out
+    assert grid_tool.main(["commands", "other.txt", "--dry-run"]) == 2
+    assert "OPTIM.MAX_EPOCH: saved 3, requested 4" in capsys.readouterr().err

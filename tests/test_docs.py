@@ -3,6 +3,8 @@
 Convention for every Markdown file of the project:
 - a fenced block marked ``bash`` runs as it is, from the repository root of a fresh clone, without real
   CLIP weights or datasets (here ``DATA`` holds a tiny Fashion-MNIST and ``PLPP_CLIP_CACHE`` is empty);
+  the paths it names under ``/tmp/`` (and ``TMPDIR``) are redirected into the test's own temporary
+  folder, so two runs never share a file and every run starts from nothing;
 - a fenced block marked ``console`` needs real data, weights, GPUs or other software; each of its commands
   is checked without running it: ``train.py`` (also behind ``torchrun``) must parse into a valid config,
   ``scripts/plpp/*.sh`` must pass ``--dry-run``, ``plpp-results`` must parse, modules must exist.
@@ -76,11 +78,34 @@ def test_docs_have_checked_commands():
     assert len(RUNNABLE) >= 2 and len(CHECKED) >= 5
 
 
+FIXED_TMP = re.compile(r"/tmp/[\w.-]+")
+
+
+def redirect_tmp(block: str, tmp: Path) -> str:
+    """``block`` with every ``/tmp/`` path moved under ``tmp`` (a folder of this test alone)."""
+    return block.replace("/tmp/", f"{tmp}/")
+
+
 @pytest.mark.parametrize("name,block", RUNNABLE, ids=[n for n, _ in RUNNABLE])
-def test_runnable_block(name, block, doc_env):
-    res = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=doc_env, capture_output=True,
-                         text=True, timeout=600)
+def test_runnable_block(name, block, doc_env, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    fixed = {Path(p) for p in FIXED_TMP.findall(block)}
+    before = {p: p.stat().st_mtime_ns if p.exists() else None for p in fixed}
+    env = dict(doc_env, TMPDIR=str(tmp), OUTPUT=str(tmp_path / "output"))
+    res = subprocess.run(["bash", "-euo", "pipefail", "-c", redirect_tmp(block, tmp)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"{name} failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    assert "skip: " not in res.stdout, f"{name} skipped work it should have done:\n{res.stdout[-2000:]}"
+    after = {p: p.stat().st_mtime_ns if p.exists() else None for p in fixed}
+    assert after == before, f"{name} wrote outside its temporary folder: {sorted(map(str, fixed))}"
+
+
+def test_tmp_paths_of_doc_blocks_are_redirected():
+    blocks_with_tmp = [(n, b) for n, b in RUNNABLE if "/tmp/" in b]
+    assert blocks_with_tmp  # the README's offline check and INTEGRATION.md's host example name /tmp paths
+    for name, block in blocks_with_tmp:
+        assert "/tmp/" not in redirect_tmp(block, Path("/elsewhere/test-tmp")), name
 
 
 def _split_env(words: list[str]) -> tuple[dict, list[str]]:

@@ -178,7 +178,6 @@ def test_coop_learns_above_zero_shot_and_a_frozen_prompt_is_caught(quick_world, 
     assert not learned_above_zero_shot(accuracy(frozen), zero_shot)
 
 
-@pytest.mark.xfail(strict=True, reason="needs #14 labelling (the plpp_origin marker turned into the label)")
 def test_proxy_label_in_results_json_and_tables(coop_base_run):
     results = json.loads((coop_base_run / "results.json").read_text())
     assert LABEL in json.dumps(results)

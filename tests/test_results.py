@@ -24,7 +24,7 @@ from plpp.results import published
 from plpp.results.aggregate import Stat, harmonic_mean, summarize_base2new
 from plpp.results.cli import main
 from plpp.results.layout import find_base2new_runs
-from plpp.results.names import XD_TARGETS
+from plpp.results.names import BENCHMARK_DATASETS, DATASET_FOLDERS, DG_TARGETS, XD_TARGETS
 from plpp.results.parse import load_run, parse_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,10 +66,19 @@ def write_log(run_dir: Path, acc: float | None, kind: str = "train", name: str =
     return path
 
 
+OPENAI = {"name": "ViT-B/16", "sha256": "5806e77c" * 8, "kind": "openai", "release": "ViT-B/16"}
+
+
+def weights(kind: str = "openai", sha: str = "5806e77c" * 8) -> dict[str, object]:
+    """A ``backbone_weights`` record of the given kind."""
+    return {**OPENAI, "sha256": sha, "kind": kind, "release": "ViT-B/16" if kind == "openai" else None}
+
+
 def write_json(run_dir: Path, acc: float, **meta: object) -> Path:
     """Our engine's ``results.json`` (with a log that says something else, to check precedence)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = {"format": "plpp-results/1", "trainer": "PLPP", "seed": 1, "eval_only": False, **meta}
+    data = {"format": "plpp-results/1", "trainer": "PLPP", "seed": 1, "eval_only": False,
+            "backbone": "ViT-B/16", "backbone_weights": OPENAI, **meta}
     data.update(total=1000, correct=round(10 * acc), accuracy=acc, error=100 - acc, macro_f1=acc - 0.3)
     path = run_dir / "results.json"
     path.write_text(json.dumps(data))
@@ -124,7 +133,8 @@ def b2n_root(tmp_path: Path) -> Path:
                     / f"seed{seed}"
                 )
                 if dataset == "dtd":
-                    write_json(run, acc, dataset="DescribableTextures", subsample_classes=part, seed=seed)
+                    write_json(run, acc, dataset="DescribableTextures", subsample_classes=part, seed=seed,
+                               eval_only=part == "new", num_shots=16)
                 else:
                     write_log(run, acc, "maple" if part == "base" else "eval")
     return root
@@ -202,19 +212,52 @@ def test_stat_population_std_and_ci95() -> None:
     assert Stat().mean is None and Stat().n == 0
 
 
-def test_published_numbers_are_consistent() -> None:
-    for method, rows in published.B2N.items():
-        for dataset, (base, new, hm) in rows.items():
-            assert harmonic_mean(base, new) == pytest.approx(hm, abs=0.011), (method, dataset)
-        if method in published.B2N_AVERAGE:
-            got = published.b2n_average(method)
-            base = float(np.mean([r[0] for r in rows.values()]))
-            assert got[0] == pytest.approx(base, abs=0.011)
-    for table in (published.XD, published.DG):
-        for method, row in table.items():
-            targets = [v for k, v in row.items() if k not in ("imagenet", "average")]
-            assert row["average"] == pytest.approx(np.mean(targets), abs=0.011), method
-    assert set(published.XD["CoOp"]) == {"imagenet", "average", *XD_TARGETS}
+def test_published_numbers_have_sources_and_add_up() -> None:
+    trainers = {"ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "IVLP", "PromptSRC", "KgCoOp", "ProGrad",
+                "LinearProbeCLIP", "ProDA", "CoPrompt"}
+    for protocol in published.PROTOCOLS:
+        for name, row in published.TABLES[protocol].items():
+            assert row.source.strip() and row.trainer in trainers, (protocol, name)
+            assert "PLPP" not in name and "PLPP" not in row.trainer  # no primary source for PLPP's numbers
+    b2n = published.TABLES["base2new"]
+    assert b2n["ProDA"].datasets == {}  # per-dataset ProDA: one OCR'd reprint only, left out
+    for name, row in b2n.items():
+        base, new, hm = row.average
+        assert harmonic_mean(base, new) == pytest.approx(hm, abs=0.011), name
+        for dataset, (b, n, h) in row.datasets.items():
+            assert harmonic_mean(b, n) == pytest.approx(h, abs=0.011), (name, dataset)
+        if row.datasets:  # the per-dataset rows reproduce the printed 11-dataset average
+            assert set(row.datasets) == set(BENCHMARK_DATASETS)
+            assert np.mean([v[0] for v in row.datasets.values()]) == pytest.approx(base, abs=0.011), name
+            assert np.mean([v[1] for v in row.datasets.values()]) == pytest.approx(new, abs=0.011), name
+    for protocol, targets in (("xd", XD_TARGETS), ("dg", DG_TARGETS)):
+        for name, row in published.TABLES[protocol].items():
+            assert set(row.datasets) == set(targets) and row.source_value is not None
+            assert row.average == pytest.approx(np.mean(list(row.datasets.values())), abs=0.011), name
+    assert set(published.TABLES["fewshot"]["LinearProbeCLIP"].average) == {1, 2, 4, 8, 16}
+    # nothing in the package refers to where the numbers were collected, or to recalled numbers
+    for path in (REPO / "plpp").rglob("*.py"):
+        text = path.read_text()
+        assert "ANCHORS" not in text and "recalled" not in text.lower() and "/work/" not in text, path
+
+
+def test_published_averages_are_like_with_like() -> None:
+    coop = published.TABLES["base2new"]["CoOp"]
+    full = published.comparable_average("base2new", coop, BENCHMARK_DATASETS)
+    assert full.values == (82.69, 63.22, 71.66) and full.how.startswith("printed average over the 11")
+    part = published.comparable_average("base2new", coop, ["oxford_pets", "dtd"])
+    base, new = (93.67 + 79.44) / 2, (95.29 + 41.18) / 2
+    assert part.values == pytest.approx((base, new, harmonic_mean(base, new)))
+    assert "recomputed over these 2 dataset(s)" in part.how
+    progrand = published.comparable_average("base2new", published.TABLES["base2new"]["ProGrad"], ["dtd"])
+    assert progrand.values is None and "only the 11-dataset average is published" in progrand.how
+    foreign = published.comparable_average("base2new", coop, ["dtd", "fashion_mnist"])
+    assert foreign.values is None and "fashion_mnist" in foreign.how
+    fewshot = published.TABLES["fewshot"]["CoOp"]
+    assert published.comparable_average("fewshot", fewshot, BENCHMARK_DATASETS, 16).values == 79.89
+    assert published.comparable_average("fewshot", fewshot, BENCHMARK_DATASETS[:10], 16).values is None
+    xd = published.comparable_average("xd", published.TABLES["xd"]["MaPLe"], ["dtd", "eurosat"])
+    assert xd.values == pytest.approx((46.49 + 48.06) / 2)
 
 
 # -------------------------------------------------------------------------------------- base-to-new
@@ -240,7 +283,8 @@ def test_base2new_json_shape_via_cli(b2n_root: Path) -> None:
     assert set(doc["datasets"]) == {"oxford_pets", "dtd"}
     pets = doc["datasets"]["oxford_pets"]
     assert set(pets) == {"base", "new", "hm"}
-    assert set(pets["base"]) == {"mean", "std", "n"}
+    assert set(pets["base"]) == {"mean", "std", "n", "seeds", "weights"}
+    assert pets["base"]["weights"] == ["unrecorded"] and doc["datasets"]["dtd"]["base"]["weights"] == ["openai"]
     assert pets["base"]["mean"] == pytest.approx(80.0)
     assert pets["base"]["std"] == pytest.approx(np.std([90, 80, 70]))
     assert pets["new"]["n"] == 3
@@ -248,10 +292,9 @@ def test_base2new_json_shape_via_cli(b2n_root: Path) -> None:
     assert doc["datasets"]["dtd"]["base"]["mean"] == pytest.approx(60.0)  # from results.json
     assert set(doc["average"]) >= {"base", "new", "hm"}
     assert doc["average"]["hm"] == pytest.approx(2 * 70 * 75 / 145)
-    # the 9 other benchmark datasets are reported, one entry each
-    missing = {m["dataset"] for m in doc["missing"]}
-    assert "imagenet" in missing and len(missing) == 9
-    assert "missing" in proc.stderr and "imagenet" in proc.stderr
+    # only what was run (or asked for) is expected: the 9 other benchmark datasets are not "missing"
+    assert doc["missing"] == [] and proc.stderr == ""
+    assert doc["seeds_found"] == [1, 2, 3] and doc["average"]["datasets"] == ["oxford_pets", "dtd"]
 
 
 def test_base2new_missing_seed_and_crashed_run_are_reported(
@@ -284,13 +327,26 @@ def test_base2new_table_and_compare_published(b2n_root: Path, capsys: pytest.Cap
     assert code == 0
     assert "OxfordPets" in out and "DTD" in out and "Average" in out
     assert "80.00 ± " in out and "68.57" in out and "72.41" in out
-    assert "PromptSRC HM" in out and "79.97" in out and "71.44" in out  # PLPP ICLR'24 average HM
+    assert "PromptSRC HM" in out and "over seeds 1,2,3\n" in out
+    # like with like: 2 datasets of ours beside published averages over the same 2, never the 11-dataset ones
+    base, new = (95.33 + 83.37) / 2, (97.30 + 62.97) / 2  # PromptSRC on OxfordPets and DTD
+    assert f"{harmonic_mean(base, new):.2f}" in out and "recomputed over these 2 dataset(s)" in out
+    tables = out.split("Sources of the published numbers")[0]
+    for eleven in ("79.97", "71.66", "75.83", "78.55", "76.16"):  # 11-dataset averages (ProGrad: only that)
+        assert eleven not in tables
+    assert "ProGrad: not comparable: only the 11-dataset average is published" in out
+    assert "Sources of the published numbers" in out and "PromptKD (CVPR 2024) Table 1" in out
+    assert "KgCoOp README" in out and "CoCoOp-paper setting" in out  # which CoOp baseline
     code, out, _ = run_main(capsys, "base2new", b2n_root, "--format", "json", "--compare", "published",
                             "--published-methods", "CoOp")  # fmt: skip
     doc = json.loads(out)
-    assert list(doc["published"]) == ["CoOp"]
+    assert list(doc["published"]) == ["CoOp"] and "MaPLe README" in doc["published"]["CoOp"]["source"]
     assert doc["published"]["CoOp"]["average"] == {"base": 82.69, "new": 63.22, "hm": 71.66}
     assert doc["published"]["CoOp"]["datasets"]["dtd"]["hm"] == 54.24
+    comp = doc["published_comparison"]["CoOp"]
+    assert comp["datasets"] == ["oxford_pets", "dtd"] and comp["base"] == pytest.approx((93.67 + 79.44) / 2)
+    code, _, err = run_main(capsys, "base2new", b2n_root, "--compare", "published", "--published-methods", "PLPP")
+    assert code == 2 and "no published base2new numbers for PLPP" in err
 
 
 def test_base2new_several_methods(b2n_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -328,19 +384,20 @@ def test_fewshot_json_csv_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert doc["variant"] == "nctx16_cscFalse_ctpend" and doc["cfg"] == "vit_b16_ep50"
     assert doc["datasets"]["eurosat"]["1"]["mean"] == pytest.approx(60.0)
     assert doc["datasets"]["eurosat"]["1"]["std"] == pytest.approx(np.std(data[("eurosat", 1)]))
-    assert doc["average"]["16"] == {"mean": pytest.approx((92.0 + 82.0) / 2), "n_datasets": 2}
-    assert "imagenet" in err  # absent benchmark datasets are reported
+    assert doc["average"]["16"] == {"mean": pytest.approx((92.0 + 82.0) / 2), "n_datasets": 2,
+                                    "datasets": ["oxford_pets", "eurosat"]}
+    assert err == ""  # benchmark datasets that were never run are not expected
 
     code, out, _ = run_main(capsys, "fewshot", tmp_path, "--format", "csv", "--compare", "published")
     rows = list(csv.DictReader(io.StringIO(out)))
     plpp = [r for r in rows if r["trainer"] == "PLPP" and r["dataset"] != "average"]
-    assert len(plpp) == 4 and {r["n"] for r in plpp} == {"3"}
-    assert {r["method"] for r in rows} >= {"PromptSRC/vit_b16_c2_ep50", "published:CoOp"}
-    coop16 = [r for r in rows if r["method"] == "published:CoOp" and r["shots"] == "16"]
-    assert float(coop16[0]["mean"]) == 79.89
+    assert len(plpp) == 4 and {r["n"] for r in plpp} == {"3"} and {r["weights"] for r in plpp} == {"unrecorded"}
+    assert "PromptSRC/vit_b16_c2_ep50" in {r["method"] for r in rows}
+    assert not [r for r in rows if r["method"].startswith("published:")]  # only 11-dataset averages exist
 
-    code, out, _ = run_main(capsys, "fewshot", tmp_path, "--cfg", "vit_b16_ep50")
+    code, out, _ = run_main(capsys, "fewshot", tmp_path, "--cfg", "vit_b16_ep50", "--compare", "published")
     assert "92.00 ± 0.82" in out and "1 shot" in out and "16 shots" in out and "EuroSAT" in out
+    assert "79.89" not in out and "CoOp: not comparable: only the 11-dataset average is published" in out
 
 
 def test_plot_fewshot_writes_png(tmp_path: Path) -> None:
@@ -362,21 +419,26 @@ def test_xd_source_targets_and_average(tmp_path: Path, capsys: pytest.CaptureFix
     assert doc["source"]["imagenet"]["mean"] == pytest.approx(72.0)
     assert set(doc["targets"]) == set(XD_TARGETS)
     assert doc["targets"]["caltech101"]["mean"] == pytest.approx(52.0)
-    assert doc["average"] == {"mean": pytest.approx(52.0 + 4.5), "n_datasets": 10}
+    assert doc["average"] == {"mean": pytest.approx(52.0 + 4.5), "n_datasets": 10, "datasets": list(XD_TARGETS)}
     code, out, _ = run_main(capsys, "xd", tmp_path / "evaluation", "--compare", "published")
     assert code == 0 and "Caltech101" in out and "MaPLe (published)" in out and "66.30" in out
 
 
 def test_dg_reports_missing_target(tmp_path: Path) -> None:
     transfer_tree(tmp_path, ("imagenetv2", "imagenet_sketch", "imagenet_a"), seeds=(1, 2))
-    proc = cli("dg", tmp_path, "--format", "json")
+    proc = cli("dg", tmp_path, "--format", "json", "--compare", "published")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["targets"]["imagenet_a"]["n"] == 2
+    assert doc["targets"]["imagenet_a"]["n"] == 2 and doc["seeds_found"] == [1, 2]
     assert doc["average"]["n_datasets"] == 3
-    reasons = {(m["dataset"], m["seed"]) for m in doc["missing"]}
-    assert ("imagenet_r", None) in reasons and ("imagenet", 3) in reasons and ("imagenet_a", 3) in reasons
-    assert "imagenet_r" in proc.stderr and "seed3" in proc.stderr
+    # the protocol implies all 4 targets; the seeds found are 1 and 2, so no seed 3 is expected
+    assert [(m["dataset"], m["seed"]) for m in doc["missing"]] == [("imagenet_r", None)]
+    assert "imagenet_r" in proc.stderr and "seed3" not in proc.stderr
+    # the published average is over the same 3 targets as ours
+    assert doc["published_comparison"]["CoOp"]["mean"] == pytest.approx((64.20 + 47.99 + 49.71) / 3)
+    asked = cli("dg", tmp_path, "--format", "json", "--seeds", "1", "2", "3")
+    reasons = {(m["dataset"], m["seed"]) for m in json.loads(asked.stdout)["missing"]}
+    assert ("imagenet", 3) in reasons and ("imagenet_a", 3) in reasons and "seed3" in asked.stderr
 
 
 # -------------------------------------------------------------------------------------- user errors
@@ -434,13 +496,129 @@ def test_parse_test_res_test_log_multi_exp_and_errors(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "not a directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_help_and_subsample_mismatch_warning(b2n_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_and_subsample_mismatch_is_left_out(b2n_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     proc = cli("--help")
     assert proc.returncode == 0 and "HM = 2*B*N/(B+N) of the seed MEANS" in proc.stdout
     assert cli().returncode == 2  # argparse: a command is required
     run = b2n_root / "base2new" / "train_base" / "dtd" / "shots_16" / "PLPP" / "vit_b16_ep10" / "seed1"
-    write_json(run, 60.0, subsample_classes="new")
-    code, _, err = run_main(capsys, "base2new", b2n_root)
-    assert code == 0 and "subsample_classes='new'" in err and str(run) in err
-    # datasets without any run share one warning line
-    assert sum("no runs for 9 dataset(s)" in line for line in err.splitlines()) == 1
+    write_json(run, 99.0, dataset="DescribableTextures", subsample_classes="new")
+    code, out, err = run_main(capsys, "base2new", b2n_root, "--format", "json")
+    assert code == 0 and "subsample_classes 'new', the folder says 'base'" in err and str(run) in err
+    doc = json.loads(out)
+    assert doc["datasets"]["dtd"]["base"]["n"] == 2 and doc["datasets"]["dtd"]["base"]["mean"] == 60.0
+    assert [m["reason"] for m in doc["missing"]] == ["mismatched"]
+    assert run_main(capsys, "base2new", b2n_root, "--strict")[0] == 1
+
+
+# ------------------------------------------------------------------------------ checked records, labels
+
+
+def fewshot_json_run(root: Path, folder: str, acc: float, /, at_seed: int = 1, **record: object) -> Path:
+    """A PLPP 16-shot run of ours (``results.json``) in the CoOp layout; ``record`` overrides what the file
+    says (``dataset``, ``seed``, ...) so that it can disagree with its folder."""
+    run = root / folder / "PLPP" / "vit_b16_16shots" / "nctx16_cscFalse_ctpend" / f"seed{at_seed}"
+    names = {v: k for k, v in DATASET_FOLDERS.items()}
+    fields = {"trainer": "PLPP", "dataset": names.get(folder, folder), "seed": at_seed, "num_shots": 16,
+              "subsample_classes": "all", **record}
+    write_json(run, acc, **fields)
+    return run
+
+
+def test_mislabelled_results_are_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = fewshot_json_run(tmp_path, "oxford_pets", 90.0)
+    fewshot_json_run(tmp_path, "oxford_pets", 92.0, 2)
+    wrong = {
+        fewshot_json_run(tmp_path, "dtd", 10.0, dataset="EuroSAT"): "dataset 'EuroSAT', the folder says 'dtd'",
+        fewshot_json_run(tmp_path, "dtd", 11.0, 2, num_shots=4): "num_shots 4, the folder says 16 shots",
+        fewshot_json_run(tmp_path, "dtd", 12.0, 3, trainer="CoOp"): "trainer 'CoOp', the folder says 'PLPP'",
+        fewshot_json_run(tmp_path, "eurosat", 13.0, 1, seed=7): "seed 7, the folder says seed1",
+        fewshot_json_run(tmp_path, "eurosat", 14.0, 2, eval_only=True):
+            "eval_only true, the folder holds a training run",
+    }
+    variant = fewshot_json_run(tmp_path, "eurosat", 15.0, 3)
+    (variant / "config.yaml").write_text("TRAINER:\n  COOP:\n    N_CTX: 4\n    CSC: false\n"
+                                         "    CLASS_TOKEN_POSITION: end\n")
+    wrong[variant] = "config.yaml has TRAINER.COOP.N_CTX 4, the folder 'nctx16_cscFalse_ctpend' says '16'"
+    (good / "config.yaml").write_text("TRAINER:\n  COOP:\n    N_CTX: 16\n    CSC: false\n"
+                                      "    CLASS_TOKEN_POSITION: end\n")
+    # an evaluation written inside a run's folder is a record of its own, never this run's result
+    write_json(good / "eval" / "other_model", 1.0, eval_only=True)
+    code, out, err = run_main(capsys, "fewshot", tmp_path, "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["datasets"]["oxford_pets"]["16"]["mean"] == pytest.approx(91.0)
+    assert doc["datasets"]["dtd"]["16"]["n"] == 0 and doc["datasets"]["eurosat"]["16"]["n"] == 0
+    mismatched = {m["path"]: m["message"] for m in doc["missing"] if m["reason"] == "mismatched"}
+    assert set(mismatched) == {str(p) for p in wrong}
+    for path, text in wrong.items():
+        assert text in mismatched[str(path)] and text in err
+    assert run_main(capsys, "fewshot", tmp_path, "--strict")[0] == 1
+
+
+def test_cells_from_non_openai_weights_are_tagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fewshot_json_run(tmp_path, "oxford_pets", 30.0, backbone_weights=weights("random", "aa" * 32))
+    fewshot_json_run(tmp_path, "dtd", 40.0, backbone_weights=weights("proxy_world", "bb" * 32))
+    fewshot_json_run(tmp_path, "eurosat", 50.0, backbone_weights=weights("other", "cc" * 32))
+    write_log(tmp_path / "caltech101" / "PLPP" / "vit_b16_16shots" / "nctx16_cscFalse_ctpend" / "seed1", 60.0)
+    code, out, err = run_main(capsys, "fewshot", tmp_path)
+    assert code == 0
+    assert out.startswith("NOT A RESULT: random weights: not a result; synthetic proxy world: not a result on "
+                          "real data\n")
+    assert "30.00 [random]" in out and "40.00 [proxy]" in out and "50.00 [other]" in out and "60.00 [?]" in out
+    assert "[random] random weights: not a result" in out and "[?] backbone weights not recorded" in out
+    assert "different backbone files" in err  # one method, several backbone files
+    code, out, _ = run_main(capsys, "fewshot", tmp_path, "--format", "json")
+    doc = json.loads(out)
+    assert doc["weights"] == ["openai", "other", "proxy_world", "random", "unrecorded"][1:]
+    assert doc["datasets"]["oxford_pets"]["16"]["weights"] == ["random"]
+    fig = tmp_path / "fig.png"
+    assert run_main(capsys, "plot", "fewshot", tmp_path, "-o", fig)[0] == 0 and fig.read_bytes()[:8] == PNG_MAGIC
+    fewshot_json_run(tmp_path / "clean", "dtd", 70.0)
+    code, out, _ = run_main(capsys, "fewshot", tmp_path / "clean")
+    assert "NOT A RESULT" not in out and "[" not in out.split("\n")[3]
+
+
+def test_datasets_shots_seeds_options_and_one_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fewshot_tree(tmp_path)  # oxford_pets and eurosat, 1 and 16 shots, seeds 1-3
+    code, out, err = run_main(capsys, "fewshot", tmp_path, "--datasets", "eurosat", "--shots", "16",
+                              "--seeds", "1")
+    assert code == 0 and err == ""
+    assert "one run per cell (seed 1): no spread;" in out and "OxfordPets" not in out and "1 shot " not in out
+    assert "| 80.00 " in out and "±" not in out  # one seed: no spread, not "± 0.00"
+    code, out, err = run_main(capsys, "fewshot", tmp_path, "--datasets", "eurosat", "dtd", "--format", "json")
+    doc = json.loads(out)
+    assert doc["datasets"]["dtd"]["16"]["n"] == 0 and "dtd 16 shots: no runs" in err  # asked, so expected
+    assert "oxford_pets" not in doc["datasets"]
+    code, _, err = run_main(capsys, "fewshot", tmp_path, "--datasets", "oxfordpets")
+    assert code == 2 and "unknown dataset oxfordpets" in err and "oxford_pets" in err
+    code, out, _ = run_main(capsys, "fewshot", tmp_path, "--seeds", "1", "--format", "json")
+    one = json.loads(out)["datasets"]["eurosat"]["1"]
+    assert one == {"mean": 50.0, "std": None, "n": 1, "seeds": [1], "weights": ["unrecorded"]}
+    shutil_rm = tmp_path / "eurosat" / "PLPP" / "vit_b16_ep50_16shots" / "nctx16_cscFalse_ctpend" / "seed3"
+    for f in shutil_rm.iterdir():
+        f.unlink()
+    shutil_rm.rmdir()
+    code, out, _ = run_main(capsys, "fewshot", tmp_path, "--datasets", "eurosat")
+    assert "over seeds 1,2,3;" in out and "81.00 ± 1.00 [n=2]" in out
+
+
+def test_fewshot_published_average_only_beside_all_11_datasets(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    for i, dataset in enumerate(BENCHMARK_DATASETS):
+        fewshot_json_run(tmp_path, dataset, 70.0 + i)
+    code, out, _ = run_main(capsys, "fewshot", tmp_path, "--compare", "published")
+    assert code == 0 and "| CoOp (published) " in out and "79.89" in out and "75.00" in out
+    assert "the PromptSRC paper's few-shot table, as reprinted in the CasPL (ECCV 2024) README" in out
+    code, out, _ = run_main(capsys, "fewshot", tmp_path, "--compare", "published", "--datasets",
+                            *BENCHMARK_DATASETS[1:])
+    assert "79.89" not in out.split("Sources of")[0] and "(published)" not in out
+    fig = tmp_path / "fig.png"
+    assert run_main(capsys, "plot", "fewshot", tmp_path, "-o", fig, "--compare", "published")[0] == 0
+
+
+def test_protocols_doc_lists_the_published_averages_with_their_sources() -> None:
+    lines = (REPO / "docs" / "PROTOCOLS.md").read_text().splitlines()
+    for name, row in published.TABLES["base2new"].items():
+        line = next(ln for ln in lines if ln.startswith(f"| `{name}`"))
+        assert all(f"| {v:.2f} |" in line for v in row.average), name
+        assert line.rstrip(" |").endswith(row.average_source.split(" (")[0]), name

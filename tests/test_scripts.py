@@ -8,6 +8,7 @@ JPEGs) and a DTD folder with its split file, laid out as the readers in ``datase
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, REPO, subprocess_env, write_fashion_mnist
+from tests.conftest import PYTHON, REPO, save_tiny_clip, subprocess_env, write_fashion_mnist
 
 SCRIPTS = REPO / "scripts" / "plpp"
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
@@ -38,9 +39,10 @@ def script_env(data: Path, output: Path, **extra: str) -> dict:
     return env
 
 
-def run_script(name: str, *args: str, env: dict, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPTS / name), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def run_script(name: str, *args: str, env: dict, cwd: Path = REPO, timeout: int = 300,
+               extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPTS / name), *args, *extra], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def ok(res: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -143,7 +145,7 @@ def test_main_epoch_rule(tmp_path, dataset, shots, cfg):
 def test_default_configs_per_trainer(tmp_path):
     env = script_env(tmp_path, tmp_path / "out", SEEDS="1")
     expected = {
-        ("main.sh", "eurosat", "16", "", "CoCoOp"): "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
+        ("main.sh", "eurosat", "16", "CoCoOp"): "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
         ("base2new_train.sh", "eurosat", "1", "CoOp"): "configs/trainers/CoOp/vit_b16_ctxv1.yaml",
         ("base2new_train.sh", "imagenet", "1", "PLPP"): "configs/trainers/PLPP/vit_b16_ep50_ctxv1.yaml",
         ("base2new_train.sh", "dtd", "1", "PLPP_CoCoOp"):
@@ -157,7 +159,7 @@ def test_default_configs_per_trainer(tmp_path):
         lines = commands(ok(run_script(script, "--dry-run", *args, env=env)))
         assert len(lines) == 1 and f"--config-file {config} " in lines[0], (script, args, lines)
     # CoCoOp's few-shot runs have no nctx folder and get no TRAINER.COOP options
-    line = commands(ok(run_script("main.sh", "--dry-run", "eurosat", "16", "-", "CoCoOp", env=env)))[0]
+    line = commands(ok(run_script("main.sh", "--dry-run", "eurosat", "16", "CoCoOp", "-", env=env)))[0]
     assert "/eurosat/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1_16shots/seed1 " in line and "TRAINER.COOP" not in line
 
 
@@ -165,21 +167,57 @@ def test_argument_errors(tmp_path):
     env = script_env(tmp_path, tmp_path / "out")
     cases = [
         (("main.sh", "no_such_set", "16"), "configs/datasets/no_such_set.yaml not found"),
-        (("main.sh", "dtd", "16", "vit_b99"), "configs/trainers/PLPP/vit_b99.yaml not found"),
-        (("main.sh", "dtd", "16", "", "NoSuchTrainer"), "unknown trainer 'NoSuchTrainer'"),
+        (("main.sh", "dtd", "16", "PLPP", "vit_b99"), "configs/trainers/PLPP/vit_b99.yaml not found"),
+        (("main.sh", "dtd", "16", "NoSuchTrainer"), "unknown trainer 'NoSuchTrainer'"),
         (("main.sh", "dtd", "sixteen"), "SHOTS must be"),
         (("main.sh", "dtd", "16", "OPTIM.LR"), "KEY VALUE pairs"),
-        (("main.sh", "dtd", "16", "", "PLPP", "SEED", "3"), "SEED is set by this script"),
+        (("main.sh", "dtd", "16", "PLPP", "", "SEED", "3"), "SEED is set by this script"),
         (("main.sh", "dtd"), "missing argument"),
+        (("main.sh", "dtd", "16", "--dryrun"), "unknown option '--dryrun'"),
+        # the old order of main.sh (CFG before TRAINER) is refused with the new usage, not misread
+        (("main.sh", "dtd", "16", "vit_b16_ep50"), "'vit_b16_ep50' is a config name, not a trainer"),
+        (("main.sh", "dtd", "16", "", "CoOp"), "'CoOp' is a trainer, not a config of PLPP"),
+        (("zeroshot.sh", "dtd", "vit_b16"), "'vit_b16' is a config name, not a trainer"),
+        (("zeroshot.sh", "dtd", "CoOp"), "zeroshot.sh evaluates ZeroshotCLIP or ZeroshotCLIP2"),
         (("base2new_train.sh", "dtd", "1", "PLPP", "", "DATASET.SUBSAMPLE_CLASSES", "new"), "is set by this script"),
     ]
     for args, message in cases:
         res = run_script(*args, env=env)
         assert res.returncode != 0 and message in res.stderr, (args, res.stderr)
+        if "trainer" in message and "not a" in message:
+            assert "usage: " in res.stderr and "[TRAINER] [CFG]" in res.stderr
     no_data = {k: v for k, v in env.items() if k != "DATA"}
     res = run_script("main.sh", "dtd", "16", env=no_data)
     assert res.returncode != 0 and "set DATA=" in res.stderr
     assert "usage: main.sh" in ok(run_script("main.sh", "--help", env=env)).stdout
+
+
+SCRIPT_ARGS = {
+    "main.sh": ("dtd", "4"), "base2new.sh": ("dtd",), "base2new_train.sh": ("dtd", "1"),
+    "base2new_test.sh": ("dtd", "1"), "xd_train.sh": ("1",), "xd_test.sh": ("dtd", "1"), "dg_test.sh": ("1",),
+    "zeroshot.sh": ("dtd",), "demo.sh": (),
+}
+
+
+def test_every_script_is_listed_and_takes_a_trailing_dry_run(tmp_path):
+    assert set(SCRIPT_ARGS) == {p.name for p in SCRIPTS.glob("*.sh")} - {"common.sh"}
+    env = script_env(tmp_path, tmp_path / "out", SEEDS="1")
+    for script, args in SCRIPT_ARGS.items():
+        for extra in ((), ("OPTIM.MAX_EPOCH", "2")):  # after the positional arguments or after the options
+            res = ok(run_script(script, *args, *extra, "--dry-run", env=env))
+            assert "+ " in res.stdout and "--dry-run" not in res.stdout, (script, res.stdout)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_override_of_the_prompt_layout_names_its_folder(tmp_path):
+    env = script_env(tmp_path, tmp_path / "out", SEEDS="1")
+    env.pop("NCTX")
+    line = commands(ok(run_script("main.sh", "dtd", "16", "PLPP", "", "TRAINER.COOP.N_CTX", "4", "TRAINER.COOP.CSC",
+                                  "True", "--dry-run", env=env)))[0]
+    assert "/dtd/PLPP/vit_b16_16shots/nctx4_cscTrue_ctpend/seed1 " in line and "TRAINER.COOP.N_CTX 4 " in line
+    res = run_script("main.sh", "dtd", "16", "PLPP", "", "TRAINER.COOP.N_CTX", "4", "--dry-run",
+                     env={**env, "NCTX": "8"})
+    assert res.returncode != 0 and "NCTX=8 and the option TRAINER.COOP.N_CTX 4 disagree" in res.stderr
 
 
 def test_eval_scripts_need_a_finished_training_run(tmp_path):
@@ -200,7 +238,7 @@ def test_eval_scripts_need_a_finished_training_run(tmp_path):
 def test_fewshot_two_seeds_then_skip(tmp_path, data_root, tiny_clip_file):
     # started from another directory, with a relative OUTPUT: the script finds the repo itself
     env = script_env(data_root, Path("out"), SEEDS="1 2")
-    args = ("fashion_mnist", "2", "", "PLPP", *tiny_opts(tiny_clip_file))
+    args = ("fashion_mnist", "2", "PLPP", "", *tiny_opts(tiny_clip_file))
     res = ok(run_script("main.sh", *args, env=env, cwd=tmp_path))
     assert len(commands(res)) == 2
     root = tmp_path / "out" / "fashion_mnist" / "PLPP" / "vit_b16_ep100_2shots" / "nctx4_cscFalse_ctpend"
@@ -208,8 +246,19 @@ def test_fewshot_two_seeds_then_skip(tmp_path, data_root, tiny_clip_file):
         res_json = results(root / f"seed{seed}")
         assert res_json["seed"] == seed and res_json["num_shots"] == 2 and res_json["total"] == 16
         assert "Finish training" in (root / f"seed{seed}" / "log.txt").read_text()
-    again = ok(run_script("main.sh", *args, env=env, cwd=tmp_path))
+        weights = res_json["backbone_weights"]  # what produced the numbers: this tiny, unmarked file
+        assert weights["name"] == str(tiny_clip_file) and weights["kind"] == "other"
+        assert weights["sha256"] == hashlib.sha256(tiny_clip_file.read_bytes()).hexdigest()
+    assert "Backbone weights: " in (root / "seed1" / "log.txt").read_text()
+    again = ok(run_script("main.sh", *args, env=env, cwd=tmp_path, extra=("--dry-run",)))
     assert commands(again) == [] and again.stdout.count("skip: ") == 2
+    # another backbone into the same folders is refused, with the key that differs, not skipped
+    other = save_tiny_clip(tmp_path / "other_clip.pt", seed=1)
+    opts = [str(other) if o == str(tiny_clip_file) else o for o in tiny_opts(tiny_clip_file)]
+    refused = run_script("main.sh", "fashion_mnist", "2", "PLPP", "", *opts, env={**env, "SEEDS": "1"}, cwd=tmp_path)
+    assert refused.returncode != 0 and commands(refused) == [] and "skip: " not in refused.stdout
+    assert f"MODEL.BACKBONE.NAME: saved '{tiny_clip_file}', requested '{other}'" in refused.stderr
+    assert results(root / "seed1")["backbone_weights"]["name"] == str(tiny_clip_file)
     summary = plpp_results("fewshot", str(tmp_path / "out"), "--seeds", "1", "2")
     assert summary["seeds"] == [1, 2] and summary["trainer"] == "PLPP"
     assert summary["datasets"]["fashion_mnist"]["2"]["n"] == 2
@@ -268,6 +317,7 @@ def test_zeroshot(tmp_path, data_root, tiny_clip_file):
     assert "--eval-only" in commands(res)[0]
     zs = results(out / "ZeroshotCLIP" / "vit_b16" / "fashion_mnist")
     assert zs["trainer"] == "ZeroshotCLIP" and zs["total"] == 16
+    assert zs["backbone_weights"]["kind"] == "other" and len(zs["backbone_weights"]["sha256"]) == 64
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -290,7 +340,13 @@ def test_demo_with_a_local_weights_file(tmp_path, data_root, tiny_clip_file):
     assert re.search(r"\| CoOp +\| " + re.escape(f"{accs['CoOp']:.2f}"), table)
     assert re.search(r"\| PLPP +\| " + re.escape(f"{accs['PLPP']:.2f}") + r" +\| [\d.]+ +\| " +
                      re.escape(f"{accs['PLPP'] - accs['CoOp']:+.2f}"), table)
-    assert "FashionMNIST, 16 shots, seed 1, 16 test images, backbone tiny_clip.pt" in table
+    assert "FashionMNIST, 16 shots, seed 1, 16 test images, backbone tiny_clip.pt (weights that are not an " \
+        "OpenAI release)" in table
+    # the same demo with another BACKBONE into the same OUTPUT stops, naming the key; it shows no old table
+    other = save_tiny_clip(tmp_path / "other_clip.pt", seed=2)
+    again = run_script("demo.sh", *opts, "DATALOADER.TRAIN_X.BATCH_SIZE", "8", env={**env, "BACKBONE": str(other)})
+    assert again.returncode != 0 and "== 4/4" not in again.stdout and "skip: " not in again.stdout
+    assert f"MODEL.BACKBONE.NAME: saved '{tiny_clip_file}', requested '{other}'" in again.stderr
 
 
 def test_demo_stops_before_training_without_weights(tmp_path, data_root):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from plpp.engine import declare_default_keys
 
-from . import cocoop, coop, maple, plpp, zsclip  # noqa: F401  (zsclip: registration only)
+from . import cocoop, coop, ivlp, kgcoop, linear_probe, maple, plpp, prograd, promptsrc, zsclip  # noqa: F401
 
-_CONFIG_MODULES = (coop, cocoop, maple, plpp)
+# Order matters: kgcoop adds its weight to TRAINER.COOP, so it comes after coop.
+_CONFIG_MODULES = (coop, cocoop, maple, ivlp, promptsrc, kgcoop, prograd, linear_probe, plpp)
 
 
 def extend_cfg(cfg) -> None:

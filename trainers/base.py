@@ -1,7 +1,8 @@
 """What every CLIP prompt trainer shares: loading CLIP, precision, freezing, one training step.
 
 A host trainer sets ``PREC_KEY`` and implements ``build_custom_clip``; its training step is
-``forward_train`` (logits plus weighted loss terms), which the PLPP mixin extends.
+``forward_train`` (logits plus weighted loss terms, from one ``train_pass``), which a host with its own
+terms (KgCoOp, PromptSRC) and the PLPP mixin extend through ``super()``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from plpp.clip_utils import PRECISIONS, Precision, load_clip
 from plpp.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy
 from plpp.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_checked
 from plpp.engine.utils import logger
+from plpp.provenance import KIND_OPENAI, describe_backbone, identify_backbone
 
 TEXT_CHECKPOINT_CHOICES = ("auto", "always", "never")
 #: ``TEXT_CHECKPOINT auto`` checkpoints the text encoder from this many prompt tokens per training step
@@ -44,12 +46,29 @@ def decide_text_checkpoint(setting: str, n_prompts: int, n_tokens: int,
 
 
 @dataclass
+class ForwardPass:
+    """What one forward pass of a host model computed, so every loss term reuses it (nothing runs twice).
+
+    ``image_features`` ``[B, D]`` and ``text_features`` ``[C, D]`` (CoCoOp: ``[B, C, D]``) are
+    L2-normalised; ``ctx``/``states`` (the prompt vectors and the text states aligned with them, see
+    ``CustomCLIP.forward_with_states``) are set only when the pass was asked for them (PLPP).
+    """
+
+    logits: torch.Tensor
+    image_features: torch.Tensor
+    text_features: torch.Tensor
+    ctx: torch.Tensor | None = None
+    states: torch.Tensor | None = None
+
+
+@dataclass
 class TrainOutput:
-    """One training step's result: logits, loss terms with their weights, and extra metrics to log."""
+    """One training step's result: logits, loss terms with their weights, extra metrics, and the pass."""
 
     logits: torch.Tensor
     losses: dict[str, tuple[float, torch.Tensor]] = field(default_factory=dict)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    forward: ForwardPass | None = None
 
 
 def check_clip_cfg(cfg, prec_key: str) -> None:
@@ -74,6 +93,8 @@ def load_clip_for(cfg, prec_key: str, device: torch.device) -> tuple[Precision, 
     logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
     precision = Precision(cfg.TRAINER[prec_key].PREC, device, key=f"TRAINER.{prec_key}.PREC")
     clip_model = precision.prepare(load_clip(cfg.MODEL.BACKBONE.NAME))
+    record = identify_backbone(cfg.MODEL.BACKBONE.NAME)
+    (logger.info if record["kind"] == KIND_OPENAI else logger.warning)(describe_backbone(record))
     resolution = clip_model.visual.input_resolution
     if cfg.INPUT.SIZE[0] != resolution:
         raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
@@ -81,11 +102,18 @@ def load_clip_for(cfg, prec_key: str, device: torch.device) -> tuple[Precision, 
     return precision, clip_model
 
 
+def backbone_results_metadata(cfg) -> dict:
+    """``results.json``'s ``backbone_weights``: name, file, SHA-256 and kind of ``MODEL.BACKBONE.NAME``."""
+    return {"backbone_weights": identify_backbone(cfg.MODEL.BACKBONE.NAME)}
+
+
 class ClipPromptTrainer(TrainerX):
     """Base for CLIP prompt learners: the learner is the only registered (trained) model."""
 
     PREC_KEY = "COOP"  # the TRAINER.<KEY> block holding PREC and the prompt settings
     LEARNER_NAME = "prompt_learner"
+    #: Other folders of a run that may hold the prompt learner's checkpoints (upstream's registered name).
+    UPSTREAM_MODEL_NAMES: tuple[str, ...] = ()
 
     @property
     def method_cfg(self):
@@ -93,6 +121,11 @@ class ClipPromptTrainer(TrainerX):
 
     def check_cfg(self, cfg) -> None:
         check_clip_cfg(cfg, self.PREC_KEY)
+        init = cfg.TRAINER[self.PREC_KEY].get("CTX_INIT", "")
+        if not isinstance(init, str) and init is not False:  # False: "no words" where a train.py declares a flag
+            raise ValueError(f"TRAINER.{self.PREC_KEY}.CTX_INIT must be the words to initialise the context from "
+                             f"('' for a random context), got {init!r}. A train.py that declares CTX_INIT as a "
+                             "flag (KgCoOp's) only allows False (a random context) for PLPP's trainers.")
 
     def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         """Return the host model; it must have a ``prompt_learner`` submodule."""
@@ -112,6 +145,7 @@ class ClipPromptTrainer(TrainerX):
         learner = self.model.prompt_learner
         for name, param in self.model.named_parameters():
             param.requires_grad_(name.startswith("prompt_learner."))
+        self.precision.cast_learnable(learner)  # PREC fp16: upstream's fp16 prompt tensors (before the optimizer)
         n_train = sum(p.numel() for p in learner.parameters() if p.requires_grad)
         logger.info(f"Trainable parameters: {n_train:,} (prompt learner only)")
         if cfg.MODEL.INIT_WEIGHTS:
@@ -122,6 +156,9 @@ class ClipPromptTrainer(TrainerX):
         self.register_model(self.LEARNER_NAME, learner, self.optim, self.sched)
         self.scaler = self.precision.grad_scaler()
 
+    def results_metadata(self) -> dict:
+        return backbone_results_metadata(self.cfg)
+
     def configure_text_checkpoint(self) -> None:
         """Turn activation checkpointing of the text encoder on or off (``TRAINER.<KEY>.TEXT_CHECKPOINT``)."""
         key = f"TRAINER.{self.PREC_KEY}.TEXT_CHECKPOINT"
@@ -131,19 +168,42 @@ class ClipPromptTrainer(TrainerX):
         self.model.text_encoder.use_checkpoint = on
         logger.info(f"Text encoder activation checkpointing: {'on' if on else 'off'} ({reason})")
 
-    @staticmethod
-    def load_init_weights(module: nn.Module, path: str) -> None:
-        """Initialise ``module`` from a checkpoint (ours or a bare state dict), strictly and safely."""
+    def load_init_weights(self, module: nn.Module, path: str) -> None:
+        """Initialise the prompt learner from a checkpoint (ours, upstream's, or a bare state dict), strictly.
+
+        Pickled objects in the file are skipped, never built; upstream's names are mapped as for
+        ``--eval-only`` (``adapt_state_dict``).
+        """
         if osp.isdir(path):
             raise CheckpointError(f"MODEL.INIT_WEIGHTS must be a checkpoint file, got the folder {path}")
-        state = load_checkpoint(path)
-        load_state_dict_checked(module, extract_state_dict(state, path), f"MODEL.INIT_WEIGHTS {path}")
+        state = load_checkpoint(path, pickled_objects="skip")
+        state_dict = self.adapt_state_dict(self.LEARNER_NAME, extract_state_dict(state, path), path)
+        load_state_dict_checked(module, state_dict, f"MODEL.INIT_WEIGHTS {path}")
         logger.info(f"Initialised the prompt learner from {path}")
 
+    def checkpoint_folders(self, name: str) -> tuple[str, ...]:
+        """The run folders that may hold ``name``: ours, then upstream's name for the prompt learner (if any)."""
+        return (name, *self.UPSTREAM_MODEL_NAMES) if name == self.LEARNER_NAME else (name,)
+
+    def adapt_state_dict(self, name: str, state_dict: dict, source: str) -> dict:
+        """Map an upstream checkpoint of the prompt learner to its names (see ``PromptLearner.from_upstream_names``)."""
+        learner = self.model.prompt_learner
+        if name != self.LEARNER_NAME or not hasattr(learner, "from_upstream_names"):
+            return state_dict
+        state_dict, notes = learner.from_upstream_names(state_dict)
+        if notes:
+            logger.info(f"{source}: upstream checkpoint of {type(learner).__name__}: {'; '.join(notes)}")
+        return state_dict
+
+    def train_pass(self, image: torch.Tensor) -> ForwardPass:
+        """The model's forward pass in training (the PLPP mixin also asks it for the context states)."""
+        return self.model.forward_parts(image)
+
     def forward_train(self, image: torch.Tensor, label: torch.Tensor) -> TrainOutput:
-        """The host's training objective: cross-entropy on the image-text logits."""
-        logits = self.model(image)
-        return TrainOutput(logits, {"loss_ce": (1.0, F.cross_entropy(logits.float(), label))})
+        """The host's training objective: cross-entropy on the image-text logits of ``train_pass``."""
+        fwd = self.train_pass(image)
+        loss_ce = F.cross_entropy(self.precision.loss_logits(fwd.logits), label)
+        return TrainOutput(fwd.logits, {"loss_ce": (1.0, loss_ce)}, forward=fwd)
 
     def forward_backward(self, batch) -> dict:
         image, label = self.parse_batch_train(batch)

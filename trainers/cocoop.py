@@ -16,7 +16,7 @@ from torch import nn
 
 from plpp.engine import TRAINER_REGISTRY
 
-from .base import ClipPromptTrainer
+from .base import ClipPromptTrainer, ForwardPass
 from .coop import CustomCLIP, PromptLearner
 
 
@@ -28,8 +28,8 @@ def add_config(cfg) -> None:
         return
     cfg.TRAINER.COCOOP = CN()
     cfg.TRAINER.COCOOP.N_CTX = 16  # number of context tokens
-    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (sets N_CTX to its length)
-    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (N_CTX = its words, as upstream)
+    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.COCOOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
 
 
@@ -39,7 +39,10 @@ class ConditionalPromptLearner(PromptLearner):
     ``π`` is Linear(D → D//16) – ReLU – Linear(D//16 → d), with D the image-feature width
     (``text_projection.shape[1]``) and d the token width, both read from the model (512→32→512 for
     ViT-B/16). Class-dependent token embeddings are non-persistent buffers (see ``PromptLearner``).
+    Under ``PREC fp16`` both ``ctx`` and ``π`` are fp16, as upstream's ``.half()``-ed meta-net.
     """
+
+    FP16_PARAMETERS = ("ctx", "meta_net")
 
     def __init__(self, cocoop_cfg, classnames: list[str], clip_model: nn.Module) -> None:
         layout = SimpleNamespace(N_CTX=cocoop_cfg.N_CTX, CTX_INIT=cocoop_cfg.CTX_INIT, CSC=False,
@@ -126,17 +129,26 @@ class CoCoOpCLIP(CustomCLIP):
         text, _ = self.encode_conditional_text(self.prompt_learner.conditional_context(image_features))
         return self.conditional_logits(image_features, text)
 
+    def forward_parts(self, image: torch.Tensor, return_states: bool = False, shift: bool = False) -> ForwardPass:
+        """One training pass: logits ``[B, C]``, image features ``[B, D]`` and per-image class features
+        ``[B, C, D]``; with ``return_states`` also the per-image contexts ``[B, M, d]`` and their states."""
+        image_features = self.encode_image(image)
+        ctx = self.prompt_learner.conditional_context(image_features)
+        text, states = self.encode_conditional_text(ctx, return_states=return_states)
+        fwd = ForwardPass(self.conditional_logits(image_features, text), image_features, text)
+        if return_states:
+            pos = self.prompt_learner.ctx_positions[0] - (1 if shift else 0)
+            fwd.ctx, fwd.states = ctx, states[:, pos]
+        return fwd
+
     def forward_with_states(self, image: torch.Tensor,
                             shift: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits ``[B, C]``, per-image contexts ``[B, M, d]`` and their states ``[B, M, d]`` (one text pass).
 
         With ``shift`` the state before each context token is used (next-token view).
         """
-        image_features = self.encode_image(image)
-        ctx = self.prompt_learner.conditional_context(image_features)
-        text, states = self.encode_conditional_text(ctx, return_states=True)
-        pos = self.prompt_learner.ctx_positions[0] - (1 if shift else 0)
-        return self.conditional_logits(image_features, text), ctx, states[:, pos]
+        fwd = self.forward_parts(image, return_states=True, shift=shift)
+        return fwd.logits, fwd.ctx, fwd.states
 
 
 @TRAINER_REGISTRY.register()

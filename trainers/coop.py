@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plpp.clip_utils import TextEncoder, token_length, tokenize
+from plpp.clip_utils import TextEncoder, decode_tokens, token_length, tokenize
 from plpp.engine import TRAINER_REGISTRY
 from plpp.engine.utils import logger
 
-from .base import ClipPromptTrainer
+from .base import ClipPromptTrainer, ForwardPass
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
@@ -23,24 +23,38 @@ def add_config(cfg) -> None:
     cfg.TRAINER.COOP = CN()
     cfg.TRAINER.COOP.N_CTX = 16  # number of context tokens
     cfg.TRAINER.COOP.CSC = False  # class-specific context
-    cfg.TRAINER.COOP.CTX_INIT = ""  # initialise the context from this text (sets N_CTX to its length)
-    cfg.TRAINER.COOP.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.COOP.CTX_INIT = ""  # initialise the context from this text (N_CTX = its words; shared even with CSC)
+    cfg.TRAINER.COOP.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.COOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle or front
 
 
 def init_context(n_ctx: int, ctx_init: str, clip_model: nn.Module, n_copies: int | None) -> tuple[torch.Tensor, str]:
-    """Context vectors ``[M, d]`` (or ``[n_copies, M, d]``) from a text or N(0, 0.02), and the prompt prefix."""
+    """Context vectors ``[M, d]`` (or ``[n_copies, M, d]``) from a text or N(0, 0.02), and the prompt prefix.
+
+    As upstream CoOp and CoCoOp, ``M`` for a text is its number of *words* (split on single spaces) and the
+    context is the embeddings of its first ``M`` BPE tokens: a word of several tokens ("low-res" is 3) leaves
+    the text's last tokens as fixed text after the context, with one log line. Without a text: N(0, 0.02),
+    sampled in fp32 (for CLIP's widths, multiples of 16 elements, the same numbers as upstream's fp16 draw).
+    """
     embedding = clip_model.token_embedding
     width = embedding.weight.shape[1]
     if ctx_init:
-        ctx_init = ctx_init.replace("_", " ")
-        n_ctx = token_length(ctx_init)
+        text = ctx_init.replace("_", " ")
+        n_words, n_tokens = len(text.split(" ")), token_length(text)
+        if n_words > n_tokens:
+            raise ValueError(f"CTX_INIT '{text}' has {n_words} words (split on single spaces) but only {n_tokens} BPE "
+                             "tokens, so the context would reach past the text; remove the extra spaces")
+        if n_words != n_tokens:
+            fixed = decode_tokens(tokenize(text)[0, 1 + n_words : 1 + n_tokens].tolist())
+            logger.info(f"CTX_INIT '{text}' has {n_words} words but {n_tokens} BPE tokens: as upstream CoOp, the "
+                        f"context is its first {n_words} tokens and the other {n_tokens - n_words} "
+                        f"('{' '.join(fixed)}') stay fixed text after it")
         with torch.no_grad():
-            vectors = embedding(tokenize(ctx_init).to(embedding.weight.device))[0, 1 : 1 + n_ctx].float().clone()
+            vectors = embedding(tokenize(text).to(embedding.weight.device))[0, 1 : 1 + n_words].float().clone()
         if n_copies is not None:
             vectors = vectors.unsqueeze(0).repeat(n_copies, 1, 1)
-        return vectors, ctx_init
+        return vectors, text
     if n_ctx < 1:
         raise ValueError(f"N_CTX must be at least 1 when CTX_INIT is empty, got {n_ctx}")
     shape = (n_ctx, width) if n_copies is None else (n_copies, n_ctx, width)
@@ -58,6 +72,15 @@ class PromptLearner(nn.Module):
 
     #: ``(n_ctx, ctx_init, clip_model, n_copies) -> (ctx, prompt prefix text)``; hosts may swap it.
     make_context = staticmethod(init_context)
+    #: Parameters (names or prefixes) that upstream trains in fp16 under ``PREC fp16`` (created in CLIP's
+    #: dtype there); the others stay fp32. Applied by ``Precision.cast_learnable``.
+    FP16_PARAMETERS: tuple[str, ...] = ("ctx",)
+    #: Upstream's checkpoints of this learner: the buffers they hold that depend on the class list (dropped
+    #: when read), the prefix of this learner's tensors in a whole-model checkpoint (upstream MaPLe saves its
+    #: whole CustomCLIP), and upstream's names for tensors named differently here (prefixes, ``{theirs: ours}``).
+    UPSTREAM_CLASS_BUFFERS: tuple[str, ...] = ("token_prefix", "token_suffix")
+    UPSTREAM_MODEL_PREFIX = "prompt_learner."
+    UPSTREAM_NAMES: dict[str, str] = {}
 
     def __init__(self, coop_cfg, classnames: list[str], clip_model: nn.Module) -> None:
         super().__init__()
@@ -66,11 +89,14 @@ class PromptLearner(nn.Module):
             raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION '{position}' must be one of "
                              f"{', '.join(CLASS_TOKEN_POSITIONS)}")
         n_cls = len(classnames)
-        ctx, prefix = self.make_context(coop_cfg.N_CTX, coop_cfg.CTX_INIT, clip_model,
-                                        n_cls if coop_cfg.CSC else None)
+        csc = bool(coop_cfg.CSC)
+        if csc and coop_cfg.CTX_INIT:
+            logger.info("CTX_INIT is set: one shared context, as upstream CoOp; CSC applies to random init only")
+            csc = False
+        ctx, prefix = self.make_context(coop_cfg.N_CTX, coop_cfg.CTX_INIT, clip_model, n_cls if csc else None)
         self.ctx = nn.Parameter(ctx)
         self.n_cls, self.n_ctx = n_cls, ctx.shape[-2]
-        self.csc = bool(coop_cfg.CSC)
+        self.csc = csc
         self.class_token_position = position
         logger.info(f'Initial context: "{prefix}" ({self.n_ctx} tokens, '
                     f'{"class-specific" if self.csc else "shared"})')
@@ -109,6 +135,41 @@ class PromptLearner(nn.Module):
             orders.append(order)
             positions.append([order.index(c) for c in ctx])
         return torch.tensor(orders), torch.tensor(positions)
+
+    @classmethod
+    def from_upstream_names(cls, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """Map an upstream checkpoint's tensors of this prompt learner to the names here.
+
+        Drops ``UPSTREAM_CLASS_BUFFERS`` (upstream saves the prompt's class-dependent token embeddings and
+        loads with ``strict=False``); from a whole-model checkpoint (keys under ``UPSTREAM_MODEL_PREFIX``) keeps
+        only this learner's tensors (the rest is the frozen CLIP); renames ``UPSTREAM_NAMES``. Names this
+        learner uses pass unchanged, so the mapping is harmless on its own checkpoints. Returns the mapped
+        dict and notes saying what was changed (empty when nothing was).
+        """
+        notes: list[str] = []
+        prefix = cls.UPSTREAM_MODEL_PREFIX
+        if prefix and any(k.startswith(prefix) for k in state_dict):
+            others = [k for k in state_dict if not k.startswith(prefix)]
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            if others:
+                groups = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in others})
+                notes.append(f"ignored {len(others)} tensors of the frozen model ({', '.join(groups)})")
+        dropped = [k for k in cls.UPSTREAM_CLASS_BUFFERS if k in state_dict]
+        if dropped:
+            state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
+            notes.append(f"dropped the class-dependent buffers {', '.join(dropped)}")
+        mapped = {}
+        for key, value in state_dict.items():
+            for theirs, ours in cls.UPSTREAM_NAMES.items():
+                if key == theirs or key.startswith(theirs + "."):
+                    key = ours + key[len(theirs):]
+                    break
+            mapped[key] = value
+        renamed = [f"{t}.* as {o}.*" for t, o in cls.UPSTREAM_NAMES.items()
+                   if any(k == t or k.startswith(t + ".") for k in state_dict)]
+        if renamed:
+            notes.append("read " + ", ".join(renamed))
+        return mapped, notes
 
     @property
     def shared_prefix(self) -> bool:
@@ -189,6 +250,28 @@ class CustomCLIP(nn.Module):
             text = self.encode_text()[0]
         return self.logits(self.encode_image(image), text)
 
+    def forward_parts(self, image: torch.Tensor, return_states: bool = False, shift: bool = False) -> ForwardPass:
+        """One training pass: logits with the image and class features they came from.
+
+        With ``return_states`` the pass also carries the context vectors and the text states aligned
+        with them (see ``forward_with_states``), from the same text pass as the class features.
+        """
+        text, states = self.encode_text(return_states=return_states)
+        image_features = self.encode_image(image)
+        fwd = ForwardPass(self.logits(image_features, text), image_features, text)
+        if return_states:
+            fwd.ctx, fwd.states = self.context_states(states, shift)
+        return fwd
+
+    def context_states(self, states: torch.Tensor, shift: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context vectors and the token states ``[C, L, d]`` at their positions (see ``forward_with_states``)."""
+        learner = self.prompt_learner
+        pos = learner.ctx_positions - (1 if shift else 0)
+        if learner.shared_prefix:
+            return learner.ctx, states[0, pos[0]]
+        ctx = learner.ctx if learner.csc else learner.ctx.unsqueeze(0).expand(learner.n_cls, -1, -1)
+        return ctx, states.gather(1, pos.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+
     def forward_with_states(self, image: torch.Tensor, shift: bool = False):
         """Logits plus the context vectors and the text states aligned with them (one text pass).
 
@@ -196,15 +279,8 @@ class CustomCLIP(nn.Module):
         context states are shared by all classes (causal mask, class name after the context), else
         ``[C, M, d]``. With ``shift`` the state before each context token is used (next-token view).
         """
-        text, states = self.encode_text(return_states=True)
-        learner = self.prompt_learner
-        pos = learner.ctx_positions - (1 if shift else 0)
-        if learner.shared_prefix:
-            ctx, ctx_states = learner.ctx, states[0, pos[0]]
-        else:
-            ctx = learner.ctx if learner.csc else learner.ctx.unsqueeze(0).expand(learner.n_cls, -1, -1)
-            ctx_states = states.gather(1, pos.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
-        return self.logits(self.encode_image(image), text), ctx, ctx_states
+        fwd = self.forward_parts(image, return_states=True, shift=shift)
+        return fwd.logits, fwd.ctx, fwd.states
 
 
 @TRAINER_REGISTRY.register()

@@ -10,23 +10,29 @@ prompt tokens are replaced between blocks, so no modified copy of CLIP is needed
   they are replaced by ``deep_projections[i-1](deep_text_prompts[i-1])``.
 
 The linear maps go from the text width to the vision width, both read from the model. Prompt
-parameters are fp32 master copies, cast to the model's dtype in the forward pass, so fp32, bf16 and
-fp16 all run. The text prompts do not depend on the image: evaluation encodes them once.
+parameters are cast to the model's dtype in the forward pass, so fp32, bf16 and fp16 all run; under
+``PREC fp16`` those upstream keeps in half (``ctx``, ``proj``) are fp16 parameters, the rest fp32. The
+text prompts do not depend on the image: evaluation encodes them once.
 """
 
 from __future__ import annotations
 
 import copy
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 from torch import nn
 
-from plpp.clip_utils import deep_prompt_hook, encode_image_with_prompts, is_vision_transformer, token_length
+from plpp.clip_utils import deep_prompt_hook, encode_image_with_prompts, is_vision_transformer, token_length, tokenize
 from plpp.engine import TRAINER_REGISTRY
+from plpp.engine.utils import logger
 
 from .base import ClipPromptTrainer
 from .coop import CustomCLIP, PromptLearner, init_context
+
+#: Upstream MaPLe (and IVLP, PromptSRC) initialise the context from CTX_INIT only up to this N_CTX.
+UPSTREAM_MAX_INIT_CTX = 4
 
 
 def add_config(cfg) -> None:
@@ -38,7 +44,7 @@ def add_config(cfg) -> None:
     cfg.TRAINER.MAPLE = CN()
     cfg.TRAINER.MAPLE.N_CTX = 2  # learnable tokens per layer (the first N_CTX words of CTX_INIT)
     cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"  # prompt text; its words after the first N_CTX stay fixed
-    cfg.TRAINER.MAPLE.PREC = "fp16"  # fp16, fp32, amp or bf16 (fp16/amp run as fp32 on CPU)
+    cfg.TRAINER.MAPLE.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.MAPLE.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9  # layers with prompts (1: first layer only), on both towers
 
@@ -48,6 +54,9 @@ def init_leading_context(n_ctx: int, ctx_init: str, clip_model: nn.Module,
     """MaPLe's context: the embeddings of the first ``n_ctx`` tokens of ``ctx_init`` (the rest stay text).
 
     Returns ``(ctx [n_ctx, d], prompt prefix)``; with an empty ``ctx_init``, N(0, 0.02) and ``"X X …"``.
+    Upstream (MaPLe, IVLP, PromptSRC) uses ``ctx_init`` only when ``n_ctx <= 4`` and otherwise starts
+    from a random context without a word; here ``ctx_init`` is used whenever it has ``n_ctx`` tokens (one
+    log line says so when ``n_ctx > 4``), and a longer ``n_ctx`` is an error instead of a silent switch.
     """
     if not ctx_init:
         return init_context(n_ctx, "", clip_model, n_copies)
@@ -56,8 +65,16 @@ def init_leading_context(n_ctx: int, ctx_init: str, clip_model: nn.Module,
     if not 1 <= n_ctx <= n_tokens:
         raise ValueError(f"TRAINER.MAPLE.N_CTX {n_ctx} must be between 1 and the {n_tokens} tokens of "
                          f"TRAINER.MAPLE.CTX_INIT '{text}'. Lower N_CTX, or set CTX_INIT '' for a random context.")
-    vectors, _ = init_context(n_tokens, text, clip_model, n_copies)
-    return vectors[..., :n_ctx, :].clone(), text
+    if n_ctx > UPSTREAM_MAX_INIT_CTX:
+        logger.info(f"Note: upstream MaPLe ignores CTX_INIT when N_CTX > {UPSTREAM_MAX_INIT_CTX} (a random context); "
+                    f"here the context starts from the first {n_ctx} tokens of '{text}'. Set CTX_INIT '' for "
+                    "upstream's random start.")
+    embedding = clip_model.token_embedding
+    with torch.no_grad():
+        vectors = embedding(tokenize(text).to(embedding.weight.device))[0, 1 : 1 + n_ctx].float().clone()
+    if n_copies is not None:
+        vectors = vectors.unsqueeze(0).repeat(n_copies, 1, 1)
+    return vectors, text
 
 
 class MultiModalPromptLearner(PromptLearner):
@@ -65,10 +82,13 @@ class MultiModalPromptLearner(PromptLearner):
 
     ``proj``: Linear(d → w) gives the first-layer vision prompt from ``ctx``; ``deep_projections[i]``:
     Linear(d → w) maps ``deep_text_prompts[i]`` (all start from the same initial weights, as MaPLe's
-    cloned layers do). Nothing here depends on the class list except non-persistent buffers.
+    cloned layers do). Nothing here depends on the class list except non-persistent buffers. Under
+    ``PREC fp16``, ``ctx`` and ``proj`` are fp16 and the deep prompts and their maps fp32, as upstream's.
     """
 
     make_context = staticmethod(init_leading_context)
+    FP16_PARAMETERS = ("ctx", "proj")
+    UPSTREAM_NAMES = {"compound_prompts_text": "deep_text_prompts", "compound_prompt_projections": "deep_projections"}
 
     def __init__(self, maple_cfg, classnames: list[str], clip_model: nn.Module) -> None:
         visual = clip_model.visual
@@ -108,8 +128,9 @@ class MaPLeCLIP(CustomCLIP):
 
     CFG_KEY = "MAPLE"
 
-    def __init__(self, cfg, classnames: list[str], clip_model: nn.Module) -> None:
-        super().__init__(cfg, classnames, clip_model, learner_cls=MultiModalPromptLearner)
+    def __init__(self, cfg, classnames: list[str], clip_model: nn.Module,
+                 learner_cls: Callable[..., nn.Module] = MultiModalPromptLearner) -> None:
+        super().__init__(cfg, classnames, clip_model, learner_cls=learner_cls)
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         first, deep = self.prompt_learner.vision_prompts()
@@ -129,6 +150,7 @@ class MaPLe(ClipPromptTrainer):
     """Multi-modal Prompt Learning (MaPLe) on CLIP; needs a ViT backbone."""
 
     PREC_KEY = "MAPLE"
+    UPSTREAM_MODEL_NAMES = ("MultiModalPromptLearner",)  # upstream MaPLe's run folder of its (whole) model
 
     def check_cfg(self, cfg) -> None:
         super().check_cfg(cfg)

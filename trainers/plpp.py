@@ -1,27 +1,32 @@
 """PLPP: the perplexity self-distillation regularizer, as a mixin any CLIP prompt host can take.
 
-A host qualifies by giving two things: ``model.forward_with_states(image, shift)`` → ``(logits,
-ctx, states)`` (its prompt vectors and the text states aligned with them, from the same text pass
-as the logits) and ``model.token_embedding`` (CLIP's frozen vocabulary table, whose transpose is
-the training-free LM head). ``PLPP = PerplexityMixin + CoOp``; ``PLPP_CoCoOp`` and ``PLPP_MaPLe``
-take the same mixin on the other hosts (CoCoOp: per-image context ``[B, M, d]``; MaPLe: the
-first-layer text context ``[M, d]``).
+A host qualifies by giving two things: ``model.forward_parts(image, return_states=True, shift)``, a
+``ForwardPass`` whose ``ctx``/``states`` are its prompt vectors and the text states aligned with them
+(from the same text pass as the logits), and ``model.token_embedding`` (CLIP's frozen vocabulary table,
+whose transpose is the training-free LM head). The mixin adds its two terms to whatever the host's
+``forward_train`` returns, so a host's own terms (KgCoOp's distance, PromptSRC's self-regulating
+terms) and update rule (ProGrad's projection) stay as they are. ``PLPP = PerplexityMixin + CoOp``;
+every other ``PLPP_<host>`` is the same one line (CoCoOp: per-image context ``[B, M, d]``; MaPLe, IVLP
+and PromptSRC: the first-layer text context ``[M, d]``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from plpp.clip_utils import decode_tokens
 from plpp.engine import TRAINER_REGISTRY
 from plpp.engine.utils import logger
 from plpp.perplexity import nearest_words, perplexity_losses
 
-from .base import TrainOutput
+from .base import ForwardPass, TrainOutput
 from .cocoop import CoCoOp
 from .coop import CoOp
+from .ivlp import IVLP
+from .kgcoop import KgCoOp
 from .maple import MaPLe
+from .prograd import ProGrad
+from .promptsrc import PromptSRC
 
 HIDDEN_CHOICES = ("before", "after")
 
@@ -79,16 +84,19 @@ class PerplexityMixin:
             hard=p.HARD_LABEL, chunk_size=p.CHUNK_SIZE or None,
         )
 
+    def train_pass(self, image: torch.Tensor) -> ForwardPass:
+        """The host's pass, asked also for the context vectors and their text states (same text pass)."""
+        return self.model.forward_parts(image, return_states=True, shift=self.cfg.TRAINER.PLPP.SHIFT)
+
     def forward_train(self, image: torch.Tensor, label: torch.Tensor) -> TrainOutput:
+        """The host's objective (cross-entropy and its own terms) plus the two PLPP terms."""
         p = self.cfg.TRAINER.PLPP
-        logits, ctx, states = self.model.forward_with_states(image, shift=p.SHIFT)
-        terms = self.perplexity_terms(ctx, states)
-        losses = {
-            "loss_ce": (1.0, F.cross_entropy(logits.float(), label)),
-            "loss_ppl": (p.PPL_WEIGHT, terms["ppl"]),
-            "loss_ippl": (p.IPPL_WEIGHT, terms["ippl"]),
-        }
-        return TrainOutput(logits, losses, {"perplexity": terms["perplexity"]})
+        out = super().forward_train(image, label)
+        terms = self.perplexity_terms(out.forward.ctx, out.forward.states)
+        out.losses["loss_ppl"] = (p.PPL_WEIGHT, terms["ppl"])
+        out.losses["loss_ippl"] = (p.IPPL_WEIGHT, terms["ippl"])
+        out.metrics["perplexity"] = terms["perplexity"]
+        return out
 
     def after_epoch(self) -> None:
         super().after_epoch()
@@ -124,3 +132,23 @@ class PLPP_CoCoOp(PerplexityMixin, CoCoOp):
 @TRAINER_REGISTRY.register()
 class PLPP_MaPLe(PerplexityMixin, MaPLe):
     """MaPLe with the PLPP regularizer on its first-layer text context."""
+
+
+@TRAINER_REGISTRY.register()
+class PLPP_IVLP(PerplexityMixin, IVLP):
+    """IVLP with the PLPP regularizer on its first-layer text context."""
+
+
+@TRAINER_REGISTRY.register()
+class PLPP_PromptSRC(PerplexityMixin, PromptSRC):
+    """PromptSRC with the PLPP regularizer on its first-layer text context (GPA averages it like the rest)."""
+
+
+@TRAINER_REGISTRY.register()
+class PLPP_KgCoOp(PerplexityMixin, KgCoOp):
+    """KgCoOp with the PLPP regularizer."""
+
+
+@TRAINER_REGISTRY.register()
+class PLPP_ProGrad(PerplexityMixin, ProGrad):
+    """ProGrad with the PLPP regularizer (its gradient is projected with the cross-entropy's)."""

@@ -15,7 +15,7 @@ from plpp.clip_utils import tokenize
 from plpp.engine import TRAINER_REGISTRY, TrainerX
 from plpp.engine.utils import logger
 
-from .base import check_clip_cfg, load_clip_for
+from .base import backbone_results_metadata, check_clip_cfg, load_clip_for
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -99,6 +99,9 @@ class ZeroshotCLIP(TrainerX):
         logger.info("Prompts: " + " | ".join(templates))
         with self.precision.autocast():
             self.text_features = zeroshot_text_features(clip_model, self.dm.dataset.classnames, templates)
+
+    def results_metadata(self) -> dict:
+        return backbone_results_metadata(self.cfg)
 
     def train(self) -> None:  # type: ignore[override]
         raise RuntimeError(f"{type(self).__name__} is evaluation-only: use --eval-only")

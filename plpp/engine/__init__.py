@@ -63,7 +63,7 @@ if BACKEND == "dassl":  # pragma: no cover - Dassl is not installable in CI
         """Dassl's defaults plus the keys this project adds."""
         return add_engine_keys(_dassl_cfg_default())
 
-    # A subclass of Dassl's TrainerX with our checkpoint I/O, training step, seeding and test().
+    # A subclass of Dassl's TrainerX with our checkpoint I/O, training step and test().
     TrainerX = _compat.make_trainer_x(_DasslTrainerX, rebuild_loader=_compat.dassl_test_loader,
                                       defaults=get_cfg_default)
 

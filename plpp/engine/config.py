@@ -146,6 +146,18 @@ def add_engine_keys(cfg: CN) -> CN:
     return cfg
 
 
+FINAL_MODELS = ("last_step", "best_val")
+TEST_SPLITS = ("test", "val")
+
+
+def check_engine_cfg(cfg: CN) -> None:
+    """Refuse engine keys whose value has no meaning (one line naming the key and the choices)."""
+    for key, value, choices in (("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, FINAL_MODELS),
+                                ("TEST.SPLIT", cfg.TEST.SPLIT, TEST_SPLITS)):
+        if value not in choices:
+            raise ValueError(f"{key} '{value}' is not valid; choose one of {', '.join(choices)}")
+
+
 def get_cfg_default() -> CN:
     """A fresh copy of the default config (Dassl's keys plus the engine's own)."""
     return add_engine_keys(_dassl_defaults())

@@ -5,11 +5,13 @@ Under ``PLPP_ENGINE=dassl`` (or ``auto`` with Dassl importable) :mod:`plpp.engin
 * :func:`make_trainer_x` turns Dassl's ``TrainerX`` into ours: the same class hierarchy (so Dassl's
   ``build_trainer`` and every ``isinstance`` check work), with this project's checkpoint I/O
   (:class:`~plpp.engine.trainer.CheckpointIO`: ``weights_only`` loading, no pickled scheduler) and the
-  built-in trainer's methods for the training step, per-epoch seeding, checkpointing and ``test()``.
-  Those methods are *taken* from :mod:`plpp.engine.trainer`, not copied, so both backends run the
-  same code. Together with our closed-form LR schedule (``build_lr_scheduler`` is always ours) this
-  avoids Dassl's two breakages on torch ≥ 2.7: the warm-up scheduler's ``verbose`` argument and its
-  pickled scheduler state.
+  built-in trainer's methods for the training step, checkpointing and ``test()``. Those methods are
+  *taken* from :mod:`plpp.engine.trainer`, not copied, so both backends run the same code. Together
+  with our closed-form LR schedule (``build_lr_scheduler`` is always ours) this avoids Dassl's two
+  breakages on torch ≥ 2.7: the warm-up scheduler's ``verbose`` argument and its pickled scheduler
+  state. Dassl's own ``before_epoch`` (a no-op) and loaders stay: both engines draw batches from the
+  global RNGs the same way, and our checkpoints carry those RNG states, so a resumed run repeats the
+  batches of an uninterrupted one.
 * :class:`HostRegistry` registers our trainers and datasets into Dassl's own registries, and only
   under names that are still free: inside a CoOp (or MaPLe, …) checkout whose ``train.py`` already
   registered ``CoOp``, ``OxfordPets``…, that checkout's classes are kept and ours are skipped.
@@ -44,6 +46,7 @@ BORROWED: dict[str, type] = {
     "detect_anomaly": _builtin.TrainerBase,  # (loss, terms): names the non-finite term
     "model_backward": _builtin.TrainerBase,  # (loss, terms), gradient scaler aware
     "model_update": _builtin.TrainerBase,  # gradient scaler aware
+    "before_optimizer_step": _builtin.TrainerBase,  # hook on the averaged gradients (ProGrad's projection)
     "model_backward_and_update": _builtin.TrainerBase,  # (loss, names=None, terms=None)
     "after_epoch": _builtin.SimpleTrainer,  # a checkpoint every epoch, so a killed run resumes
     "_drop_previous_checkpoint": _builtin.SimpleTrainer,
@@ -51,7 +54,6 @@ BORROWED: dict[str, type] = {
     "test": _builtin.SimpleTrainer,  # calls before_test(split), writes results.json
     "before_test": _builtin.SimpleTrainer,
     "write_results_json": _builtin.SimpleTrainer,
-    "before_epoch": _builtin.TrainerX,  # seeds each epoch from (SEED, epoch)
     "parse_batch_train": _builtin.TrainerX,  # (img, label), as CLIP trainers expect (Dassl's adds domain)
 }
 
@@ -131,7 +133,7 @@ def make_trainer_x(base: type, rebuild_loader: Callable | None = None,
     """
 
     class TrainerX(CheckpointIO, base):
-        """Dassl's TrainerX with PLPP's checkpoint I/O, training step, per-epoch seeding and test()."""
+        """Dassl's TrainerX with PLPP's checkpoint I/O (RNG states included), training step and test()."""
 
         scaler = None  # a torch.amp.GradScaler when mixed precision needs one
         trained_this_run = False
@@ -247,14 +249,23 @@ def undo_logging_disable() -> None:
         logging.disable(logging.NOTSET)
 
 
+def _shows_output(handler: logging.Handler) -> bool:
+    """True for a handler that shows the log: ours, or a plain stream/file handler a ``setup_logger`` added.
+
+    Subclasses such as a test harness's capture handlers (pytest ≥ 9 adds them to non-propagating
+    loggers) only record, so they do not count.
+    """
+    return isinstance(handler, _StdoutHandler) or type(handler) in (logging.StreamHandler, logging.FileHandler)
+
+
 def route_logger_to_stdout() -> None:
-    """Unless a handler is configured, send the ``plpp`` logger's INFO lines to ``print``'s stream.
+    """Unless a handler shows the log already, send the ``plpp`` logger's INFO lines to ``print``'s stream.
 
     In a checkout's own ``train.py`` only Dassl's ``setup_logger`` runs: our lines then reach its
     ``log.txt`` the way its ``print`` lines do. Our ``setup_logger`` replaces this handler.
     """
     log = logging.getLogger(LOGGER_NAME)
-    if log.handlers:
+    if any(_shows_output(h) for h in log.handlers):
         return
     handler = _StdoutHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -19,6 +19,47 @@ from .registry import DATASET_REGISTRY, unknown_name_message
 from .utils import logger, read_image
 
 
+class DataCheckError(ValueError):
+    """Labels that cannot give a right answer (a class without training images, ...); names class and split."""
+
+
+def check_class_coverage(train_x: Sequence, val: Sequence | None = None, test: Sequence | None = None,
+                         name: str = "dataset") -> None:
+    """Refuse labelled lists on which a run would fail or be silently wrong, naming the class and the split.
+
+    Every label ``0 .. N-1`` (N = largest label + 1, Dassl's rule) needs training images, val and test
+    labels must all be training labels, and each label must carry one class name everywhere.
+    """
+    if not train_x:
+        raise DataCheckError(f"{name}: the training split has no images. Check DATASET.ROOT and the split "
+                             "file (python -m plpp.datasets.check --root ROOT lists every problem).")
+    splits = {"train": train_x, "val": val or [], "test": test or []}
+    counts: dict[str, dict[int, int]] = {key: defaultdict(int) for key in splits}
+    names: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for key, items in splits.items():
+        for item in items:
+            counts[key][item.label] += 1
+            names[item.label][item.classname].add(key)
+    problems = []
+    for label in sorted(names):
+        if len(names[label]) > 1:
+            shown = "; ".join(f"'{n}' in {'/'.join(sorted(where))}" for n, where in sorted(names[label].items()))
+            problems.append(f"label {label} has {len(names[label])} class names ({shown})")
+    for label in range(max(names) + 1):
+        if counts["train"].get(label):
+            continue
+        found = [f"{counts[k][label]} in {k}" for k in ("val", "test") if counts[k].get(label)]
+        cname = next(iter(names[label]), None) if label in names else None
+        what = f"class {label}" + (f" ('{cname}')" if cname else "")
+        problems.append(f"{what} has no training images" + (f" ({', '.join(found)})" if found
+                                                               else " and no images in any split"))
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise DataCheckError(
+            f"{name}: {shown}. Labels must be 0..N-1, each class with training images and one name; check the "
+            "split file and DATASET.ROOT (python -m plpp.datasets.check --root ROOT lists every problem).")
+
+
 class Datum:
     """One labelled image: path, label, domain and class name. Read-only; the file must exist."""
 
@@ -53,6 +94,7 @@ class DatasetBase:
     domains: list[str] = []
 
     def __init__(self, train_x=None, train_u=None, val=None, test=None) -> None:
+        check_class_coverage(train_x, val, test, type(self).__name__)
         self._train_x = train_x
         self._train_u = train_u
         self._val = val
@@ -245,15 +287,23 @@ def build_data_loader(cfg, data_source, batch_size: int, tfm=None, is_train: boo
                       dataset_wrapper=None, sampler_type: str | None = None) -> DataLoader:
     """A loader over ``data_source``: random order for training, sequential for testing.
 
+    In a single process the loader uses the global RNGs exactly as Dassl's does, so the same seed gives
+    the same batches on either engine: each pass draws one number from the global torch generator for
+    the workers' base seed and (training) one for the ``RandomSampler`` permutation, and the transforms
+    draw from the global generator (``NUM_WORKERS 0``) or from workers seeded by torch from that base
+    seed. No generator of its own, no reseeding: checkpoints carry the RNG states, and restoring them
+    makes a resumed run repeat the uninterrupted run's batches.
+
     In a multi-process run the training set is split over ranks (``DistributedSampler``) and
-    ``batch_size`` is the global batch, divided evenly between ranks. An evaluation set is split
-    into contiguous blocks without padding (``ShardSampler``), each rank taking batches of
-    ``batch_size`` from its block; the evaluator gathers the predictions in rank order.
+    ``batch_size`` is the global batch, divided evenly between ranks; the loader then has its own
+    generator, seeded per rank and epoch by ``TrainerX.before_epoch``, so each rank's workers augment
+    differently. An evaluation set is split into contiguous blocks without padding (``ShardSampler``),
+    each rank taking batches of ``batch_size`` from its block; the evaluator gathers the predictions
+    in rank order.
     """
     wrapper = (dataset_wrapper or DatasetWrapper)(cfg, data_source, transform=tfm, is_train=is_train)
-    generator = torch.Generator()
-    generator.manual_seed(cfg.SEED if cfg.SEED >= 0 else torch.seed() % (2**63))
     world = get_world_size()
+    generator = None
     if is_train and sampler_type not in (None, "RandomSampler"):
         raise ValueError(f"Sampler '{sampler_type}' is not supported by the built-in engine; use RandomSampler")
     if is_train and is_dist():
@@ -264,8 +314,10 @@ def build_data_loader(cfg, data_source, batch_size: int, tfm=None, is_train: boo
         seed = cfg.SEED if cfg.SEED >= 0 else shared_random_seed()  # the same permutation on every rank
         sampler = DistributedSampler(wrapper, num_replicas=world, rank=get_rank(), shuffle=True, seed=seed,
                                      drop_last=True)
+        generator = torch.Generator()
+        generator.manual_seed(seed + (get_rank() << 48))
     elif is_train:
-        sampler = RandomSampler(wrapper, generator=generator)
+        sampler = RandomSampler(wrapper)  # draws its permutation from the global generator, as in Dassl
     elif is_dist():
         sampler = ShardSampler(wrapper)
     else:

@@ -104,6 +104,15 @@ def shared_random_seed() -> int:
     return int(seed.item())
 
 
+def broadcast_code(code: int) -> int:
+    """Rank 0's ``code`` on every rank (a decision only rank 0 may take, e.g. about the output folder)."""
+    if not is_dist():
+        return code
+    value = torch.tensor([int(code)], dtype=torch.int64, device=_collective_device())
+    dist.broadcast(value, src=0)
+    return int(value.item())
+
+
 def broadcast_parameters(params: Iterable[torch.Tensor]) -> None:
     """Copy rank 0's values of ``params`` to every rank (as DDP does once at construction)."""
     if not is_dist():

@@ -83,7 +83,9 @@ class EpochLRScheduler(torch.optim.lr_scheduler.LRScheduler):
 
     def _main_lr(self, base_lr: float, t: int) -> float:
         if self.kind == "cosine":
-            # Closed form of CosineAnnealingLR(T_max=max_epoch) for 0 <= t <= T_max.
+            # Closed form of CosineAnnealingLR(T_max=max_epoch) for 0 <= t <= T_max (MAX_EPOCH 0: never stepped).
+            if self.max_epoch <= 0:
+                return base_lr
             return base_lr * (1 + math.cos(math.pi * t / self.max_epoch)) / 2
         if self.kind == "single_step":
             return base_lr * self.gamma ** (t // self.stepsize[0])
@@ -114,7 +116,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg) -> EpochLRSc
     stepsize = list(stepsize) if isinstance(stepsize, (list, tuple)) else [stepsize]
     if kind == "single_step":
         step = stepsize[-1]
-        stepsize = [optim_cfg.MAX_EPOCH if step <= 0 else step]
+        stepsize = [max(optim_cfg.MAX_EPOCH, 1) if step <= 0 else step]
     elif kind == "multi_step" and not stepsize:
         raise ValueError("OPTIM.STEPSIZE must list the milestone epochs for multi_step")
     warmup = optim_cfg.WARMUP_EPOCH if optim_cfg.WARMUP_EPOCH > 0 else 0

@@ -21,15 +21,22 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import (
+    BEST_FILE,
     FORMAT,
+    NUMBERED,
     CheckpointError,
+    CorruptCheckpointError,
+    copy_file_atomic,
     extract_state_dict,
     load_checkpoint,
     load_state_dict_checked,
+    numbered_checkpoints,
+    require_fields,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from .config import check_engine_cfg
 from .data import DataManager
 from .distributed import (
     all_reduce_gradients,
@@ -41,7 +48,7 @@ from .distributed import (
 )
 from .evaluator import build_evaluator
 from .registry import TRAINER_REGISTRY, unknown_name_message
-from .utils import AverageMeter, MetricMeter, logger, set_random_seed, write_json, write_text_atomic
+from .utils import AverageMeter, MetricMeter, logger, write_json, write_text_atomic
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -49,7 +56,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed an epoch's data order and augmentation use: fixed by the run seed and epoch alone."""
+    """The seed of a multi-process run's per-rank loader generator in ``epoch``: fixed by seed and epoch."""
     return (seed + 1) * 1_000_003 + epoch
 
 
@@ -57,12 +64,20 @@ class CheckpointIO:
     """Save, load and resume the registered models with this project's safe checkpoint format.
 
     Works on any trainer that keeps Dassl's ``_models``, ``_optims`` and ``_scheds`` dicts, so it
-    also replaces real Dassl's pickling I/O when that backend is used.
+    also replaces real Dassl's pickling I/O when that backend is used. Every epoch's checkpoint also
+    holds the best validation score so far and its epoch, and ``model-best.pth.tar`` is a copy of the
+    best epoch's checkpoint: a resumed run continues exactly where the killed one stood.
     """
 
     def checkpoint_meta(self) -> dict:
         cfg = self.cfg
         return {"format": FORMAT, "trainer": cfg.TRAINER.NAME, "backbone": cfg.MODEL.BACKBONE.NAME}
+
+    def best_val_state(self) -> dict:
+        """The best validation score seen so far and its epoch (``None`` before any validation)."""
+        best = getattr(self, "best_result", -math.inf)
+        return {"best_result": float(best) if math.isfinite(best) else None,
+                "best_epoch": getattr(self, "best_epoch", None)}
 
     def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result=None,
                    model_name: str = "") -> None:
@@ -77,61 +92,236 @@ class CheckpointIO:
                 "optimizer": self._optims[name].state_dict() if self._optims.get(name) else None,
                 "scheduler": self._scheds[name].state_dict() if self._scheds.get(name) else None,
                 "val_result": None if val_result is None else float(val_result),
+                **self.best_val_state(),
                 "rng": rng_state(),
             }
             fname = model_name or f"model.pth.tar-{epoch + 1}"
             if is_best:
-                fname = "model-best.pth.tar"
+                fname = BEST_FILE
             save_dir = osp.join(directory, name)
             save_checkpoint(state, osp.join(save_dir, fname))
             if not is_best:
                 write_text_atomic(fname + "\n", osp.join(save_dir, "checkpoint"))
 
+    def copy_to_best(self, epoch: int, directory: str) -> None:
+        """Make ``model-best.pth.tar`` a copy of epoch ``epoch + 1``'s checkpoint, for each model."""
+        if not is_main_process():
+            return
+        for name in self.get_model_names():
+            save_dir = osp.join(directory, name)
+            copy_file_atomic(osp.join(save_dir, f"model.pth.tar-{epoch + 1}"), osp.join(save_dir, BEST_FILE))
+
     def resume_model_if_exist(self, directory: str) -> int:
-        """Restore every registered model from the file named in ``<name>/checkpoint``; return the start epoch."""
+        """Restore every registered model, its optimizer, schedule, RNG and best score; return the start epoch.
+
+        The file is the one named in ``<name>/checkpoint``; when that file was deleted, the newest
+        complete ``model.pth.tar-<epoch>`` before it. A truncated file is an error that says which
+        file to delete to resume from an earlier checkpoint, or how to start over.
+        """
         names = self.get_model_names()
-        if not names or not all(osp.isfile(osp.join(directory, n, "checkpoint")) for n in names):
+        pointers = [osp.isfile(osp.join(directory, n, "checkpoint")) for n in names]
+        if not names or not any(pointers):
             return 0
+        if not all(pointers):
+            have = [n for n, p in zip(names, pointers) if p]
+            raise CheckpointError(f"{directory} has checkpoints of {', '.join(have)} but not of every model of "
+                                  f"{self.cfg.TRAINER.NAME} ({', '.join(names)}). Use another --output-dir.")
         logger.info("Found checkpoint at " + directory + " (will resume training)")
-        start_epoch = 0
+        epochs, best = {}, {}
         for name in names:
-            path = osp.join(directory, name)
-            with open(osp.join(path, "checkpoint"), encoding="utf-8") as f:
-                fname = f.read().strip()
-            fpath = osp.join(path, fname)
-            state = load_checkpoint(fpath)
+            fpath = self._resume_file(directory, name)
+            state = self._load_for_resume(fpath, directory)
+            fields = ["state_dict", "epoch"]
+            fields += ["optimizer"] if self._optims.get(name) else []
+            fields += ["scheduler"] if self._scheds.get(name) else []
+            require_fields(state, fpath, fields, "resuming training")
             load_state_dict_checked(self._models[name], extract_state_dict(state, fpath), fpath)
-            if self._optims.get(name) and state.get("optimizer") is not None:
-                self._optims[name].load_state_dict(state["optimizer"])
-            if self._scheds.get(name) and state.get("scheduler") is not None:
-                self._scheds[name].load_state_dict(state["scheduler"])
+            for part, target in (("optimizer", self._optims.get(name)), ("scheduler", self._scheds.get(name))):
+                if target is not None and state[part] is not None:
+                    try:
+                        target.load_state_dict(state[part])
+                    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                        raise CheckpointError(f"Checkpoint {fpath}: its {part} state does not fit this run's "
+                                              f"{part} ({exc}). Use another --output-dir.") from None
             if state.get("rng") is not None:
-                set_rng_state(state["rng"])
-            start_epoch = int(state["epoch"])
-            logger.info(f"Loaded {fpath} (epoch {start_epoch})")
+                set_rng_state(state["rng"])  # the next epoch draws what it would have drawn without the restart
+            else:
+                logger.info(f"Note: {fpath} holds no RNG states; the resumed epochs will not repeat the batches "
+                            "of an uninterrupted run")
+            epochs[name] = int(state["epoch"])
+            best[name] = (state.get("best_result"), state.get("best_epoch"))
+            logger.info(f"Loaded {fpath} (epoch {epochs[name]})")
+        if len(set(epochs.values())) > 1 or len(set(best.values())) > 1:
+            raise CheckpointError(f"The checkpoints in {directory} are from different epochs ({epochs}); "
+                                  "delete the folder (or use another --output-dir) to start over.")
+        start_epoch = epochs[names[0]]
+        score, best_epoch = best[names[0]]
+        self.best_result = -math.inf if score is None else float(score)
+        self.best_epoch = best_epoch
+        self.evaluated_epoch = start_epoch
+        self.evaluated_weights = None
+        self._tidy_after_resume(directory, start_epoch)
+        if best_epoch is not None:
+            logger.info(f"Best validation result so far: {self.best_result:.4f} (epoch {best_epoch})")
         return start_epoch
 
-    def load_model(self, directory: str, epoch: int | None = None) -> None:
-        """Load each model from ``model-best.pth.tar`` or ``model.pth.tar-<epoch>`` for evaluation."""
+    def _resume_file(self, directory: str, name: str) -> str:
+        folder = osp.join(directory, name)
+        pointer = osp.join(folder, "checkpoint")
+        with open(pointer, encoding="utf-8") as f:
+            fname = f.read().strip()
+        if not fname or osp.basename(fname) != fname or fname in (".", ".."):
+            raise CheckpointError(f"{pointer} names {fname!r}, not a checkpoint file in {folder}. Delete "
+                                  f"{directory} (or use another --output-dir) to start over.")
+        fpath = osp.join(folder, fname)
+        if osp.isfile(fpath):
+            return fpath
+        match = NUMBERED.match(fname)
+        limit = int(match.group(1)) if match else math.inf
+        older = {e: p for e, p in numbered_checkpoints(folder).items() if e < limit}
+        if older:
+            fallback = older[max(older)]
+            logger.info(f"{fpath} (named in {pointer}) does not exist; resuming from the newest complete checkpoint "
+                        f"before it, {fallback}")
+            return fallback
+        raise CheckpointError(f"{pointer} names {fname}, which does not exist, and no earlier checkpoint is kept in "
+                              f"{folder}. Delete {directory} (or use another --output-dir) to start this run over.")
+
+    def _load_for_resume(self, fpath: str, directory: str) -> dict:
+        try:
+            return load_checkpoint(fpath)
+        except CorruptCheckpointError as exc:
+            match = NUMBERED.match(osp.basename(fpath))
+            limit = int(match.group(1)) if match else math.inf
+            older = sorted(((e, p) for e, p in numbered_checkpoints(osp.dirname(fpath)).items() if e < limit),
+                           reverse=True)
+            for epoch, path in older:
+                try:
+                    load_checkpoint(path)
+                except CheckpointError:
+                    continue
+                advice = f"Delete it and rerun the same command: training resumes from {path} (epoch {epoch})."
+                break
+            else:
+                advice = (f"No earlier checkpoint is kept (TRAIN.CHECKPOINT_FREQ {self.cfg.TRAIN.CHECKPOINT_FREQ}). "
+                          f"Delete {directory} (or use another --output-dir) and rerun to start this run over.")
+            raise CorruptCheckpointError(f"{exc} {advice}") from None
+
+    def _tidy_after_resume(self, directory: str, start_epoch: int) -> None:
+        """Make the folder what an uninterrupted run has after ``start_epoch`` epochs (main process only).
+
+        A kill between steps of ``after_epoch`` can leave the previous epoch's checkpoint undeleted, or
+        ``model-best.pth.tar`` not yet copied from the best epoch's checkpoint.
+        """
+        if not is_main_process():
+            return
+        best_epoch = getattr(self, "best_epoch", None)
+        if osp.abspath(directory) != osp.abspath(self.output_dir):  # --resume from another folder
+            for name in self.get_model_names():
+                src = osp.join(directory, name, BEST_FILE)
+                if best_epoch is not None and osp.isfile(src):
+                    os.makedirs(osp.join(self.output_dir, name), exist_ok=True)
+                    copy_file_atomic(src, osp.join(self.output_dir, name, BEST_FILE))
+            return
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        for name in self.get_model_names():
+            folder = osp.join(directory, name)
+            for epoch, path in numbered_checkpoints(folder).items():
+                if epoch < start_epoch and not (freq > 0 and epoch % freq == 0):
+                    os.remove(path)
+            best_path = osp.join(folder, BEST_FILE)
+            if best_epoch == start_epoch and _checkpoint_epoch(best_path) != best_epoch:
+                copy_file_atomic(osp.join(folder, f"model.pth.tar-{best_epoch}"), best_path)
+                logger.info(f"Restored {best_path} from the checkpoint of epoch {best_epoch}")
+
+    def checkpoint_folders(self, name: str) -> tuple[str, ...]:
+        """Folders of a run that may hold model ``name``'s checkpoints, in the order they are tried.
+
+        Hook: a trainer adds the folder another codebase saves the same model under (upstream MaPLe's
+        ``MultiModalPromptLearner``), so ``--eval-only --model-dir <that run>`` finds it.
+        """
+        return (name,)
+
+    def adapt_state_dict(self, name: str, state_dict: dict, source: str) -> dict:
+        """Hook: map the tensors of a checkpoint being evaluated to model ``name``'s names (default: as they are).
+
+        A trainer maps another codebase's names and drops what does not belong to the model there; the
+        result is then loaded strictly.
+        """
+        return state_dict
+
+    def _model_folder(self, directory: str, name: str) -> str:
+        folders = [osp.join(directory, f) for f in self.checkpoint_folders(name)]
+        found = [f for f in folders if osp.isdir(f)]
+        if found and found[0] != folders[0]:
+            logger.info(f"{folders[0]} does not exist; reading {name} from {found[0]}")
+        return found[0] if found else folders[0]
+
+    def load_model(self, directory: str, epoch: int | None = None, fallback_to_last: bool = True) -> None:
+        """Load each model from ``model-best.pth.tar`` or ``model.pth.tar-<epoch>`` for evaluation.
+
+        Without ``epoch`` and without a ``model-best.pth.tar`` the newest checkpoint (``checkpoint``
+        pointer) is loaded when ``fallback_to_last``, with a log line saying so. The loaded epoch and
+        files are kept for ``results.json``. Files written by Dassl-based codebases load too: their
+        pickled objects are skipped, never built (``load_checkpoint(..., pickled_objects="skip")``), and
+        their tensors go through ``adapt_state_dict`` before the strict load.
+        """
         names = self.get_model_names()
         if not names:
             logger.info("Note that load_model() is skipped as no pretrained model is given")
             return
-        fname = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        fname = BEST_FILE if epoch is None else f"model.pth.tar-{epoch}"
+        loaded, epochs = {}, set()
         for name in names:
-            fpath = osp.join(directory, name, fname)
-            if epoch is None and not osp.exists(fpath):
-                pointer = osp.join(directory, name, "checkpoint")
+            folder = self._model_folder(directory, name)
+            fpath = osp.join(folder, fname)
+            if epoch is None and not osp.exists(fpath) and fallback_to_last:
+                pointer = osp.join(folder, "checkpoint")
                 if osp.isfile(pointer):
                     with open(pointer, encoding="utf-8") as f:
-                        fpath = osp.join(directory, name, f.read().strip())
-            state = load_checkpoint(fpath)
+                        fpath = osp.join(folder, osp.basename(f.read().strip()))
+                    logger.info(f"{osp.join(folder, fname)} does not exist; loading the newest checkpoint, {fpath}")
+            state = load_checkpoint(fpath, pickled_objects="skip")
+            require_fields(state, fpath, ["state_dict", "epoch"], "evaluation (results.json records the epoch)")
+            if not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool):
+                raise CheckpointError(f"Checkpoint {fpath}: its 'epoch' is {state['epoch']!r}, not a number of epochs")
             if state.get("backbone") and state["backbone"] != self.cfg.MODEL.BACKBONE.NAME:
                 raise CheckpointError(
                     f"{fpath} was trained with backbone '{state['backbone']}' but MODEL.BACKBONE.NAME is "
                     f"'{self.cfg.MODEL.BACKBONE.NAME}'. Use the same backbone config for evaluation.")
-            load_state_dict_checked(self._models[name], extract_state_dict(state, fpath), fpath)
+            state_dict = self.adapt_state_dict(name, extract_state_dict(state, fpath), fpath)
+            load_state_dict_checked(self._models[name], state_dict, fpath)
             logger.info(f'Loading weights to {name} from "{fpath}" (epoch = {state.get("epoch")})')
+            loaded[name] = fpath
+            epochs.add(state["epoch"])
+        if len(epochs) > 1:
+            raise CheckpointError(f"The checkpoints loaded from {directory} are from different epochs "
+                                  f"({sorted(epochs)}); evaluate checkpoints of one epoch (--load-epoch).")
+        self.evaluated_epoch = int(epochs.pop())
+        self.evaluated_weights = loaded
+
+    def evaluated_record(self) -> dict:
+        """What ``results.json`` says about the evaluated weights: their epoch and the files they came from.
+
+        ``epoch`` is the epoch of the evaluated weights (0: untrained); ``weights_from`` maps each model
+        to the checkpoint file it was loaded from (relative to the output folder when inside it), or is
+        ``null`` when the weights are those the run just trained.
+        """
+        files = getattr(self, "evaluated_weights", None)
+        out = osp.abspath(self.output_dir)
+        if files:
+            files = {name: (osp.relpath(osp.abspath(p), out) if osp.abspath(p).startswith(out + os.sep)
+                            else osp.abspath(p)) for name, p in files.items()}
+        return {"epoch": int(getattr(self, "evaluated_epoch", 0)), "weights_from": files or None,
+                "final_model": self.cfg.TEST.FINAL_MODEL if getattr(self, "trained_this_run", False) else None}
+
+
+def _checkpoint_epoch(fpath: str) -> int | None:
+    """The epoch stored in a checkpoint, or None when the file is missing or unreadable."""
+    try:
+        return int(load_checkpoint(fpath).get("epoch"))
+    except (CheckpointError, TypeError, ValueError):
+        return None
 
 
 class TrainerBase(CheckpointIO):
@@ -264,6 +454,7 @@ class TrainerBase(CheckpointIO):
         params = [p for n in names if self._optims[n] is not None
                   for g in self._optims[n].param_groups for p in g["params"]]
         all_reduce_gradients(params)
+        self.before_optimizer_step(params)
         for name in names:
             optim = self._optims[name]
             if optim is None:
@@ -274,6 +465,9 @@ class TrainerBase(CheckpointIO):
                 optim.step()
         if self.scaler is not None:
             self.scaler.update()
+
+    def before_optimizer_step(self, params: list[torch.Tensor]) -> None:
+        """Hook: adjust the gradients of ``params`` (averaged over ranks, still scaled under amp) before the step."""
 
     def model_backward_and_update(self, loss: torch.Tensor, names=None, terms: dict | None = None) -> None:
         """Zero the gradients, check the loss, backpropagate and step (one path for every precision)."""
@@ -287,6 +481,7 @@ class SimpleTrainer(TrainerBase):
 
     def __init__(self, cfg) -> None:
         super().__init__()
+        check_engine_cfg(cfg)
         self.check_cfg(cfg)
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.USE_CUDA else "cpu")
         if self.device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -301,6 +496,9 @@ class SimpleTrainer(TrainerBase):
         broadcast_parameters(p for m in self._models.values() for p in m.parameters())  # DDP: rank 0's init
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -float("inf")
+        self.best_epoch: int | None = None  # epoch (1-based) of the best validation result
+        self.evaluated_epoch = 0  # epoch of the weights the model holds now (0: untrained)
+        self.evaluated_weights: dict[str, str] | None = None  # checkpoint files they were loaded from
 
     def check_cfg(self, cfg) -> None:
         """Hook to validate method-specific keys before anything is built."""
@@ -329,14 +527,25 @@ class SimpleTrainer(TrainerBase):
         self.time_start = time.time()
 
     def after_epoch(self) -> None:
+        """Validate (for ``best_val``), checkpoint this epoch, copy it to ``model-best`` when it is the best.
+
+        The order keeps every kill point resumable: the epoch's checkpoint (holding the best score so
+        far) is complete before the pointer names it, and ``model-best`` is copied from it afterwards.
+        """
         do_test = not self.cfg.TEST.NO_TEST
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        curr, is_best = None, False
         if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
             curr = self.test(split="val")
-            if curr > self.best_result:
+            is_best = curr > self.best_result
+            if is_best:
                 self.best_result = curr
-                self.save_model(self.epoch, self.output_dir, val_result=curr, is_best=True)
-        self.save_model(self.epoch, self.output_dir)
+                self.best_epoch = self.epoch + 1
+        self.save_model(self.epoch, self.output_dir, val_result=curr)
+        if is_best:
+            self.copy_to_best(self.epoch, self.output_dir)
+        self.evaluated_epoch = self.epoch + 1
+        self.evaluated_weights = None
         if self.epoch > 0 and is_main_process():
             self._drop_previous_checkpoint(keep=freq > 0 and self.epoch % freq == 0)
 
@@ -353,10 +562,12 @@ class SimpleTrainer(TrainerBase):
         self.trained_this_run = True
         logger.info("Finish training")
         if not self.cfg.TEST.NO_TEST:
-            if self.cfg.TEST.FINAL_MODEL == "best_val":
-                logger.info("Deploy the model with the best val performance")
+            if self.cfg.TEST.FINAL_MODEL == "best_val" and getattr(self, "best_epoch", None) is not None:
+                logger.info(f"Deploy the model with the best val performance (epoch {self.best_epoch})")
                 barrier()  # DDP: rank 0 has written model-best before any rank reads it
-                self.load_model(self.output_dir)
+                self.load_model(self.output_dir, fallback_to_last=False)
+            elif self.cfg.TEST.FINAL_MODEL == "best_val":
+                logger.info("No epoch was trained, so there is no best val model: deploy the initial model")
             else:
                 logger.info("Deploy the last-epoch model")
             self.test()
@@ -395,11 +606,16 @@ class SimpleTrainer(TrainerBase):
     def before_test(self, split: str) -> None:
         """Hook run once before a test loop (e.g. to cache text features)."""
 
+    def results_metadata(self) -> dict:
+        """Extra ``results.json`` fields from the method (e.g. which backbone file produced the numbers);
+        the engine knows nothing of models, so the default is none."""
+        return {}
+
     def write_results_json(self, results: dict) -> None:
         """Write ``results.json`` beside ``log.txt`` so tools never need to parse the log."""
         cfg = self.cfg
         total, correct = self.evaluator.counts
-        write_json({
+        record = {
             "format": "plpp-results/1",
             "trainer": cfg.TRAINER.NAME,
             "dataset": cfg.DATASET.NAME,
@@ -409,13 +625,16 @@ class SimpleTrainer(TrainerBase):
             "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES,
             "split": "test",
             "eval_only": not self.trained_this_run,
-            "epoch": self.epoch + 1 if self.trained_this_run else None,
+            **self.evaluated_record(),
             "total": total,
             "correct": correct,
             "accuracy": results["accuracy"],
             "error": results["error_rate"],
             "macro_f1": results["macro_f1"],
-        }, osp.join(self.output_dir, "results.json"))
+        }
+        for key, value in getattr(self, "results_metadata", dict)().items():  # Dassl's trainer may lack the hook
+            record.setdefault(key, value)
+        write_json(record, osp.join(self.output_dir, "results.json"))
 
     def parse_batch_test(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
@@ -432,20 +651,17 @@ class TrainerX(SimpleTrainer):
     """A trainer for labelled data: one pass over ``train_loader_x`` per epoch."""
 
     def before_epoch(self) -> None:
-        """Seed this epoch from (SEED, epoch) so a resumed run repeats the same batches and crops.
+        """Multi-process runs only: a new split of the data over ranks, and per-rank worker seeds, each epoch.
 
-        In a multi-process run every rank gets the same global seed (same model-side randomness),
-        the loader workers a per-rank one (their own augmentation draws), and the distributed
-        sampler its epoch (a new split of the data over ranks each epoch).
+        A single-process run does nothing here, as Dassl does: its loader draws from the global RNGs
+        (see :func:`plpp.engine.data.build_data_loader`), which are seeded once by ``train.py`` and
+        restored from the checkpoint on resume, never reseeded per epoch.
         """
         loader = self.train_loader_x
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(self.epoch)
-        if self.cfg.SEED >= 0:
-            seed = epoch_seed(self.cfg.SEED, self.epoch)
-            set_random_seed(seed)
-            if loader.generator is not None:
-                loader.generator.manual_seed(seed + (get_rank() << 48))
+        if loader.generator is not None and self.cfg.SEED >= 0:
+            loader.generator.manual_seed(epoch_seed(self.cfg.SEED, self.epoch) + (get_rank() << 48))
 
     def run_epoch(self) -> None:
         self.set_model_mode("train")

@@ -101,10 +101,6 @@ def collect_env_info() -> str:
     if torch.cuda.is_available():
         lines.append(f"GPU: {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}")
     lines.append(f"CPU threads: {torch.get_num_threads()}")
-    try:
-        import clip  # noqa: F401  (version only; plpp.clip_utils handles the import shim)
-    except Exception:  # pragma: no cover - env report must never fail
-        pass
     return "\n".join(lines)
 
 

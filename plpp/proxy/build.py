@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from plpp.provenance import KIND_LABELS, KIND_PROXY, origin_marker
+
 from .pretrain import ARCH, PretrainConfig, pretrain, zero_shot_accuracy
 from .world import STYLES, render, sample_scenes, world_classes
 
@@ -36,9 +38,9 @@ DATA_DIR = "data"
 #: Dataset folder under ``DIR/data`` for each rendering style (the readers' ``dataset_dir``).
 DATASET_FOLDERS: dict[str, str] = {"photo": "proxy_world", "drawing": "proxy_world_drawing"}
 IMAGE_DIR = "images"
-ORIGIN_KIND = "proxy_world"
+ORIGIN_KIND = KIND_PROXY
 ORIGIN_TOOL = "plpp.tools.proxy_world"
-LABEL = "synthetic proxy world: not a result on real data"
+LABEL = KIND_LABELS[KIND_PROXY]
 #: CPU threads of every build: matrix products round differently with other thread counts, so a fixed
 #: count is what makes the same seed give the same bytes whatever OMP_NUM_THREADS says. One thread: on a
 #: shared machine two threads spend most of their time waiting for each other.
@@ -260,8 +262,9 @@ def _build(out_dir: str, spec: BuildSpec, log: Callable[[str], None]) -> dict:
     log(f"Pretraining the proxy CLIP ({spec.pretrain.steps} steps of {spec.pretrain.batch_size} pairs)")
     model = pretrain(spec.pretrain, log=log)
     zero_shot = zero_shot_report(model, tests)
-    origin = {"kind": ORIGIN_KIND, "tool": ORIGIN_TOOL, "format": FORMAT, "label": LABEL, "quick": spec.quick,
-              "seed": spec.pretrain.seed, "steps": spec.pretrain.steps, "zero_shot": zero_shot}
+    origin = origin_marker(ORIGIN_KIND, ORIGIN_TOOL, format=FORMAT, label=LABEL, quick=spec.quick,
+                           seed=spec.pretrain.seed, steps=spec.pretrain.steps,
+                           zero_shot_photo=zero_shot["photo"]["all"], zero_shot_drawing=zero_shot["drawing"]["all"])
     weights = osp.join(out_dir, WEIGHTS_FILE)
     save_weights(model, weights, origin)
     manifest = {"format": FORMAT, "spec": spec.to_dict(), "label": LABEL, "weights": WEIGHTS_FILE,

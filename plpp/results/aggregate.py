@@ -9,10 +9,15 @@ Conventions (the ones CoOp's ``parse_test_res.py`` and the prompt-learning paper
   means, never the mean of per-seed HMs; the average row is the mean over datasets of the base means
   and of the new means, and its HM is the HM of those two averages;
 * averages over datasets use each dataset's seed mean and only datasets that have a result; the
-  number of datasets used is reported next to every average.
+  number of datasets used is reported next to every average;
+* a cell with one seed has no spread (``std`` is ``None``, never ``± 0.00``).
 
-Nothing is dropped silently: every expected seed, cell or dataset without a result becomes a
-:class:`Missing` entry (crashed runs are ``incomplete``), which the CLI logs and puts in the JSON.
+What is *expected* is what was asked (``--datasets``, ``--shots``, ``--seeds``) or else what the tree
+itself implies: the datasets, shots and seeds found for the method (and, for the transfer protocols,
+all of their targets). Nothing is dropped silently: every expected seed, cell or dataset without a
+result becomes a :class:`Missing` entry (crashed runs are ``incomplete``, runs whose ``results.json``
+contradicts their folder ``mismatched``), which the CLI logs and puts in the JSON. Each cell also keeps
+the kind of backbone weights behind each of its values (:mod:`plpp.results.records`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from .layout import Method, Run, base2new_root, source_dir, transfer_roots
-from .names import BENCHMARK_DATASETS, DEFAULT_SEEDS, SOURCE_DATASET, dataset_order
+from .names import SOURCE_DATASET, dataset_order
+from .records import backbone_id, weights_kind
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class Stat:
 
     values: tuple[float, ...] = ()
     seeds: tuple[int, ...] = ()
+    weights: tuple[str, ...] = ()  # kind of backbone behind each value (openai, random, ..., unrecorded)
 
     @property
     def n(self) -> int:
@@ -60,8 +67,9 @@ class Stat:
 
     @property
     def std(self) -> float | None:
-        """Population standard deviation over seeds (``np.std``, as CoOp's parser)."""
-        return float(np.std(self.values)) if self.values else None
+        """Population standard deviation over seeds (``np.std``, as CoOp's parser); ``None`` for fewer
+        than 2 seeds (one seed has no spread)."""
+        return float(np.std(self.values)) if self.n > 1 else None
 
     @property
     def ci95(self) -> float | None:
@@ -73,11 +81,17 @@ class Stat:
         """The ± value shown in tables: the CI95 half-width if requested, else the std."""
         return self.ci95 if ci95 else self.std
 
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The distinct kinds of backbone weights behind the values, sorted."""
+        return tuple(sorted(set(self.weights)))
+
     def to_dict(self, ci95: bool = False) -> dict[str, Any]:
-        """``{"mean", "std", "n"}`` (plus ``"ci95"`` when requested)."""
-        out: dict[str, Any] = {"mean": self.mean, "std": self.std, "n": self.n}
+        """``{"mean", "std", "n", "seeds", "weights"}`` (plus ``"ci95"`` when requested)."""
+        out: dict[str, Any] = {"mean": self.mean, "std": self.std, "n": self.n, "seeds": list(self.seeds)}
         if ci95:
             out["ci95"] = self.ci95
+        out["weights"] = list(self.kinds)
         return out
 
 
@@ -92,11 +106,12 @@ class Missing:
     """An expected result that is absent: a seed dir, a whole cell/dataset, or a crashed run."""
 
     dataset: str
-    reason: str  # "missing" (no run dir) or "incomplete" (run dir without a result)
+    reason: str  # "missing" (no run dir), "incomplete" (no result) or "mismatched" (record contradicts folder)
     seed: int | None = None
     shots: int | None = None
     part: str = ""
     path: Path | None = None
+    detail: str = ""
 
     def where(self) -> str:
         """Dataset plus shots/part, e.g. ``oxford_pets 16 shots`` or ``dtd new``."""
@@ -110,6 +125,8 @@ class Missing:
     def message(self, method: Method) -> str:
         """One warning line naming the method, the cell and the directory."""
         head = f"{method.label}: {self.where()}"
+        if self.reason == "mismatched":
+            return f"{head}: seed {self.seed} left out: {self.detail}"
         if self.reason == "incomplete":
             return f"{head}: seed {self.seed} has no result (crashed or unfinished run): {self.path}"
         if self.seed is not None:
@@ -136,10 +153,26 @@ Key = tuple[str, Any]  # (dataset, shots | part)
 
 
 def expected_seeds(runs: Iterable[Run], seeds: Iterable[int] | None) -> tuple[int, ...]:
-    """Seeds every cell should have: ``seeds`` if given, else 1, 2, 3 plus any seed seen."""
+    """Seeds every cell should have: ``seeds`` if given, else every seed found for the method."""
     if seeds is not None:
         return tuple(sorted(set(seeds)))
-    return tuple(sorted(set(DEFAULT_SEEDS) | {r.seed for r in runs}))
+    return tuple(sorted({r.seed for r in runs}))
+
+
+def found_seeds(stats: Iterable[Stat]) -> tuple[int, ...]:
+    """The seeds that gave at least one counted result (what a table's header states)."""
+    return tuple(sorted({s for stat in stats for s in stat.seeds}))
+
+
+def backbones(runs: Iterable[Run]) -> dict[str, list[Run]]:
+    """Counted runs grouped by the backbone file (SHA-256, else name) recorded for them."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.counted is not None:
+            ident = backbone_id(run.counted.meta)
+            if ident is not None:
+                groups[ident].append(run)
+    return dict(groups)
 
 
 def group_by_method(runs: Iterable[Run]) -> dict[Method, list[Run]]:
@@ -170,13 +203,16 @@ def _cells(
         shots = sub if isinstance(sub, int) else None
         part = sub if isinstance(sub, str) else ""
         cell = sorted(by_key.get(key, []), key=lambda r: r.seed)
-        done = [r for r in cell if r.result is not None]
-        stats[key] = Stat(tuple(r.result.accuracy for r in done if r.result), tuple(r.seed for r in done))
+        done = [r for r in cell if r.counted is not None]
+        stats[key] = Stat(tuple(r.counted.accuracy for r in done if r.counted), tuple(r.seed for r in done),
+                          tuple(weights_kind(r.counted.meta) for r in done if r.counted))
         if not cell:
             missing.append(Missing(dataset, "missing", None, shots, part, cell_dir(key)))
             continue
         for run in cell:
-            if run.result is None:
+            if run.problem:
+                missing.append(Missing(dataset, "mismatched", run.seed, shots, part, run.path, run.problem))
+            elif run.result is None:
                 missing.append(Missing(dataset, "incomplete", run.seed, shots, part, run.path))
         present = {r.seed for r in cell}
         parent = cell[0].path.parent
@@ -200,6 +236,15 @@ class FewShotSummary:
     stats: dict[Key, Stat]
     missing: list[Missing] = field(default_factory=list)
 
+    @property
+    def seeds_found(self) -> tuple[int, ...]:
+        """Seeds with at least one counted result."""
+        return found_seeds(self.stats.values())
+
+    def average_datasets(self, shots: int) -> list[str]:
+        """The datasets the average at ``shots`` is taken over (those with a result)."""
+        return [d for d in self.datasets if self.stat(d, shots).n]
+
     def stat(self, dataset: str, shots: int) -> Stat:
         """Cell stats (empty when the cell has no run)."""
         return self.stats.get((dataset, shots), Stat())
@@ -211,7 +256,8 @@ class FewShotSummary:
     def to_dict(self, ci95: bool = False) -> dict[str, Any]:
         """``{trainer, cfg, variant, seeds, datasets: {ds: {shots: stat}}, average: {shots: {mean,
         n_datasets}}, missing: [...]}`` (shots keys are strings, as JSON requires)."""
-        out: dict[str, Any] = {**self.method.to_dict(), "seeds": list(self.seeds)}
+        out: dict[str, Any] = {**self.method.to_dict(), "seeds": list(self.seeds),
+                               "seeds_found": list(self.seeds_found)}
         out["datasets"] = {
             d: {str(k): self.stat(d, k).to_dict(ci95) for k in self.shots if (d, k) in self.stats}
             for d in self.datasets
@@ -219,34 +265,33 @@ class FewShotSummary:
         out["average"] = {}
         for k in self.shots:
             mean, n = self.average(k)
-            out["average"][str(k)] = {"mean": mean, "n_datasets": n}
+            out["average"][str(k)] = {"mean": mean, "n_datasets": n, "datasets": self.average_datasets(k)}
         out["missing"] = [m.to_dict(self.method) for m in self.missing]
         return out
 
 
 def summarize_fewshot(
-    root: Path, runs: list[Run], seeds: Iterable[int] | None = None
+    root: Path, runs: list[Run], seeds: Iterable[int] | None = None, datasets: Iterable[str] | None = None,
+    shots: Iterable[int] | None = None,
 ) -> list[FewShotSummary]:
     """One :class:`FewShotSummary` per method found in ``runs``.
 
-    Expected cells: every (dataset, shots) pair among the datasets and shots the method was run with,
-    and every benchmark dataset (a benchmark dataset without any run is one missing entry).
+    Expected cells: every (dataset, shots) pair of the asked ``datasets`` and ``shots``, else of those
+    the method was run with (a dataset that was never run is not expected unless asked for).
     """
     summaries = []
     for method, mruns in group_by_method(runs).items():
         want = expected_seeds(mruns, seeds)
-        datasets = dataset_order({r.dataset for r in mruns})
-        shots = sorted({r.shots for r in mruns if r.shots is not None})
+        want_datasets = dataset_order(set(datasets) if datasets is not None else {r.dataset for r in mruns})
+        want_shots = sorted(set(shots) if shots is not None else {r.shots for r in mruns if r.shots is not None})
 
         def cell_dir(key: Key, method: Method = method) -> Path:
             dataset, k = key
             return root / dataset / method.trainer / f"{method.cfg}_{k}shots" / method.variant
 
-        expected = [(d, k) for d in datasets for k in shots]
+        expected = [(d, k) for d in want_datasets for k in want_shots]
         stats, missing = _cells(mruns, lambda r: (r.dataset, r.shots), expected, want, cell_dir)
-        absent = [d for d in BENCHMARK_DATASETS if d not in datasets]
-        missing += [Missing(d, "missing", path=root / d / method.trainer) for d in absent]
-        summaries.append(FewShotSummary(method, want, datasets, shots, stats, missing))
+        summaries.append(FewShotSummary(method, want, want_datasets, want_shots, stats, missing))
     return summaries
 
 
@@ -262,6 +307,11 @@ class Base2NewSummary:
     datasets: list[str]
     stats: dict[Key, Stat]
     missing: list[Missing] = field(default_factory=list)
+
+    @property
+    def seeds_found(self) -> tuple[int, ...]:
+        """Seeds with at least one counted result."""
+        return found_seeds(self.stats.values())
 
     def base(self, dataset: str) -> Stat:
         """Base-class accuracy over seeds (test at the end of training, ``train_base``)."""
@@ -286,12 +336,13 @@ class Base2NewSummary:
         base, _ = mean_of(self.base(d).mean for d in used)
         new, _ = mean_of(self.new(d).mean for d in used)
         hm = None if base is None or new is None else harmonic_mean(base, new)
-        return {"base": base, "new": new, "hm": hm, "n_datasets": len(used)}
+        return {"base": base, "new": new, "hm": hm, "n_datasets": len(used), "datasets": used}
 
     def to_dict(self, ci95: bool = False) -> dict[str, Any]:
         """``{trainer, cfg, variant, seeds, datasets: {ds: {base: stat, new: stat, hm}}, average:
-        {base, new, hm, n_datasets}, missing: [...]}``."""
-        out: dict[str, Any] = {**self.method.to_dict(), "seeds": list(self.seeds)}
+        {base, new, hm, n_datasets, datasets}, missing: [...]}``."""
+        out: dict[str, Any] = {**self.method.to_dict(), "seeds": list(self.seeds),
+                               "seeds_found": list(self.seeds_found)}
         out["datasets"] = {
             d: {"base": self.base(d).to_dict(ci95), "new": self.new(d).to_dict(ci95), "hm": self.hm(d)}
             for d in self.datasets
@@ -302,15 +353,15 @@ class Base2NewSummary:
 
 
 def summarize_base2new(
-    root: Path, runs: list[Run], seeds: Iterable[int] | None = None
+    root: Path, runs: list[Run], seeds: Iterable[int] | None = None, datasets: Iterable[str] | None = None
 ) -> list[Base2NewSummary]:
-    """One :class:`Base2NewSummary` per method; every seen dataset must have base and new runs for
-    every expected seed, and every benchmark dataset should be present."""
+    """One :class:`Base2NewSummary` per method; every expected dataset (asked, else run) must have base
+    and new runs for every expected seed."""
     b2n = base2new_root(root)
     summaries = []
     for method, mruns in group_by_method(runs).items():
         want = expected_seeds(mruns, seeds)
-        datasets = dataset_order({r.dataset for r in mruns})
+        want_datasets = dataset_order(set(datasets) if datasets is not None else {r.dataset for r in mruns})
         shots_dir = method.variant or "shots_16"
 
         def cell_dir(key: Key, method: Method = method, shots_dir: str = shots_dir) -> Path:
@@ -318,11 +369,9 @@ def summarize_base2new(
             folder = "train_base" if part == "base" else "test_new"
             return b2n / folder / dataset / shots_dir / method.trainer / method.cfg
 
-        expected = [(d, p) for d in datasets for p in ("base", "new")]
+        expected = [(d, p) for d in want_datasets for p in ("base", "new")]
         stats, missing = _cells(mruns, lambda r: (r.dataset, r.part), expected, want, cell_dir)
-        absent = [d for d in BENCHMARK_DATASETS if d not in datasets]
-        missing += [Missing(d, "missing", path=cell_dir((d, "base"))) for d in absent]
-        summaries.append(Base2NewSummary(method, want, datasets, stats, missing))
+        summaries.append(Base2NewSummary(method, want, want_datasets, stats, missing))
     return summaries
 
 
@@ -341,6 +390,15 @@ class TransferSummary:
     missing: list[Missing] = field(default_factory=list)
 
     @property
+    def seeds_found(self) -> tuple[int, ...]:
+        """Seeds with at least one counted result."""
+        return found_seeds(self.stats.values())
+
+    def average_datasets(self) -> list[str]:
+        """The targets the average is taken over (those with a result)."""
+        return [d for d in self.targets if self.target(d).n]
+
+    @property
     def source(self) -> Stat:
         """ImageNet accuracy of the training runs."""
         return self.stats.get((SOURCE_DATASET, "source"), Stat())
@@ -356,7 +414,8 @@ class TransferSummary:
     def to_dict(self, ci95: bool = False) -> dict[str, Any]:
         """``{trainer, cfg, variant, seeds, source: {imagenet: stat}, targets: {ds: stat}, average:
         {mean, n_datasets}, missing: [...]}``; ``targets`` lists only targets with a run dir."""
-        out: dict[str, Any] = {**self.method.to_dict(), "seeds": list(self.seeds)}
+        out: dict[str, Any] = {**self.method.to_dict(), "seeds": list(self.seeds),
+                               "seeds_found": list(self.seeds_found)}
         out["source"] = {SOURCE_DATASET: self.source.to_dict(ci95)}
         out["targets"] = {
             d: self.target(d).to_dict(ci95)
@@ -364,7 +423,7 @@ class TransferSummary:
             if self.target(d).n or not any(m.dataset == d and m.seed is None for m in self.missing)
         }
         mean, n = self.average()
-        out["average"] = {"mean": mean, "n_datasets": n}
+        out["average"] = {"mean": mean, "n_datasets": n, "datasets": self.average_datasets()}
         out["missing"] = [m.to_dict(self.method) for m in self.missing]
         return out
 

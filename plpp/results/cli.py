@@ -2,8 +2,9 @@
 generalisation runs as tables, JSON or CSV, optionally next to the published numbers, and plot the
 few-shot curves.
 
-Exit status: 0 on success, 1 with ``--strict`` when expected results are missing, 2 on a user error
-(missing directory, no runs found, unknown trainer/cfg/published method).
+Exit status: 0 on success, 1 with ``--strict`` when expected results are missing or a ``results.json``
+contradicts its folder, 2 on a user error (missing directory, no runs found, unknown
+trainer/cfg/dataset/published method).
 """
 
 from __future__ import annotations
@@ -18,10 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from . import published as pub
-from .aggregate import log_missing, summarize_base2new, summarize_fewshot, summarize_transfer
+from .aggregate import (
+    backbones,
+    group_by_method,
+    log_missing,
+    summarize_base2new,
+    summarize_fewshot,
+    summarize_transfer,
+)
 from .console import configure_logging
 from .layout import LayoutError, Run, find_base2new_runs, find_fewshot_runs, find_transfer_runs
-from .names import DG_TARGETS, XD_TARGETS
+from .names import DG_TARGETS, DISPLAY_NAMES, SOURCE_DATASET, XD_TARGETS
 from .tables import render_tables, to_csv, to_json
 
 logger = logging.getLogger("plpp.results")
@@ -51,10 +59,28 @@ results:
   log.txt-<timestamp> of a rerun): the accuracy after 'Finish training'/'Finished training' for
   training runs, after '=> result' for eval-only runs (test_new, evaluation/).
 
-missing runs:
-  Expected seeds are --seeds, else 1,2,3 plus any seed seen for the method. Every missing seed,
-  dataset or run without a result (crashed) is logged as a warning on stderr and listed under
-  "missing" in JSON; averages over datasets say how many datasets they used.
+what is expected:
+  What you ask for (--datasets, --shots, --seeds), else what the tree implies: the datasets, shots
+  and seeds found for each method (xd/dg: all targets of the protocol). Every expected seed, cell or
+  dataset without a result (crashed) is logged as a warning on stderr and listed under "missing" in
+  JSON; averages over datasets say how many datasets they used. Headers state the seeds found.
+
+checked records:
+  Each results.json is checked against the folder it sits in (trainer, dataset, shots, seed,
+  base/new half, evaluation or training run, CoOp's nctx/csc/ctp folder against config.yaml). A run
+  that contradicts its folder is left out and reported ("mismatched"; an error with --strict).
+  Records in sub-folders of a run are never taken for runs.
+
+weights:
+  Cells whose numbers come from weights that are not an OpenAI release are tagged: [random]
+  (random weights: not a result), [proxy] (synthetic proxy world: not a result on real data),
+  [other] (another file), [?] (not recorded: log.txt or an older results.json).
+
+published numbers:
+  --compare published adds the peers' published numbers with their sources. Averages are compared
+  like with like: over the same datasets as ours (the printed average when ours covers all of the
+  protocol's datasets, else recomputed from the per-dataset rows); where only an 11-dataset average
+  is published, none is shown beside a partial average of ours.
 
 several methods:
   Runs are grouped by method = (trainer, cfg[, variant folder]). Tables: one per method (xd/dg: one
@@ -62,7 +88,7 @@ several methods:
   methods the top level is {"methods": {"TRAINER/cfg[/variant]": summary, ...}}. Use --trainer and
   --cfg to select one.
 
-exit status: 0 ok, 1 missing results with --strict, 2 user error.
+exit status: 0 ok, 1 missing or mismatched results with --strict, 2 user error.
 """
 
 
@@ -86,7 +112,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         metavar="S",
-        help="expected seeds; other seeds are ignored (default: 1 2 3 plus any seed seen)",
+        help="expected seeds; other seeds are ignored (default: the seeds found for each method)",
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        metavar="NAME",
+        help="only these dataset folders (e.g. oxford_pets dtd); each one is expected (default: those found)",
     )
     p.add_argument("--ci95", action="store_true", help="show the 95%% confidence interval 1.96*std/sqrt(n)")
     p.add_argument("--compare", choices=["published"], help="add the published numbers of the peer methods")
@@ -97,8 +129,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr")
     p.add_argument(
-        "--strict", action="store_true", help="exit with status 1 if any expected result is missing"
+        "--strict", action="store_true",
+        help="exit with status 1 if any expected result is missing or any results.json contradicts its folder"
     )
+
+
+def _add_shots(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shots", type=int, nargs="+", metavar="K",
+                   help="only these shots; each one is expected (default: those found for each method)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_common(p)
+        if name == "fewshot":
+            _add_shots(p)
         p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     p = sub.add_parser(
         "plot",
@@ -134,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("protocol", choices=["fewshot"], help="what to plot")
     _add_common(p)
+    _add_shots(p)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FIG.png", help="figure file to write")
     return parser
 
@@ -153,21 +194,49 @@ def select(runs: list[Run], trainers: Sequence[str] | None, cfgs: Sequence[str] 
     return runs
 
 
-def _published(args: argparse.Namespace, protocol: str) -> dict[str, Any] | None:
+def _published(args: argparse.Namespace, protocol: str) -> dict[str, pub.Row] | None:
     if args.compare != "published":
         if args.published_methods:
             raise UserError("--published-methods needs --compare published")
         return None
-    methods = None
-    if args.published_methods:
-        methods = [m.strip() for m in args.published_methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in pub.all_methods(protocol)]
-        if unknown:
-            raise UserError(
-                f"no published {protocol} numbers for {', '.join(unknown)}; "
-                f"known: {', '.join(pub.all_methods(protocol))}"
-            )
-    return pub.for_protocol(protocol, methods)
+    names = [m.strip() for m in args.published_methods.split(",") if m.strip()] if args.published_methods else None
+    try:
+        return pub.rows(protocol, names)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+
+
+def _targets(protocol: str, datasets: list[str] | None) -> tuple[str, ...]:
+    """The transfer targets to expect: the protocol's, restricted to ``--datasets`` when given."""
+    targets = XD_TARGETS if protocol == "xd" else DG_TARGETS
+    if datasets is None:
+        return targets
+    unknown = [d for d in datasets if d not in targets and d != SOURCE_DATASET]
+    if unknown:
+        raise UserError(f"{', '.join(unknown)}: not a {protocol} target; the targets are {', '.join(targets)}")
+    return tuple(d for d in targets if d in datasets)
+
+
+def _check_datasets(found: list[Run], datasets: list[str] | None) -> None:
+    """Refuse dataset names that are neither in the tree nor known (a typo, not a missing run)."""
+    if datasets is None:
+        return
+    known = {r.dataset for r in found} | set(DISPLAY_NAMES)
+    unknown = [d for d in datasets if d not in known]
+    if unknown:
+        in_tree = ", ".join(sorted({r.dataset for r in found}))
+        raise UserError(f"unknown dataset {', '.join(unknown)}: use dataset folder names (found here: {in_tree})")
+
+
+def _warn_mixed_backbones(runs: list[Run]) -> None:
+    """One warning per method whose counted runs come from more than one backbone file."""
+    for method, mruns in group_by_method(runs).items():
+        groups = backbones(mruns)
+        if len(groups) > 1:
+            shown = "; ".join(f"{ident[:12]}: {', '.join(sorted({r.dataset for r in g}))}"
+                              for ident, g in groups.items())
+            logger.warning("%s: its runs come from %d different backbone files (%s); their numbers do not "
+                           "belong in one table", method.label, len(groups), shown)
 
 
 def _find(protocol: str, root: Path) -> list[Run]:
@@ -178,12 +247,12 @@ def _find(protocol: str, root: Path) -> list[Run]:
     return find_transfer_runs(root, XD_TARGETS if protocol == "xd" else DG_TARGETS)
 
 
-def _summaries(protocol: str, root: Path, runs: list[Run], seeds: list[int] | None) -> list[Any]:
+def _summaries(protocol: str, args: argparse.Namespace, runs: list[Run]) -> list[Any]:
     if protocol == "fewshot":
-        return summarize_fewshot(root, runs, seeds)
+        return summarize_fewshot(args.root, runs, args.seeds, args.datasets, args.shots)
     if protocol == "base2new":
-        return summarize_base2new(root, runs, seeds)
-    return summarize_transfer(protocol, root, runs, XD_TARGETS if protocol == "xd" else DG_TARGETS, seeds)
+        return summarize_base2new(args.root, runs, args.seeds, args.datasets)
+    return summarize_transfer(protocol, args.root, runs, _targets(protocol, args.datasets), args.seeds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,16 +265,26 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     if not found:
         raise UserError(f"no {protocol} runs found under '{args.root}' (expected {LAYOUTS[protocol]})")
+    _check_datasets(found, args.datasets)
     runs = select(found, args.trainer, args.cfg)
     if not runs:
         raise UserError(
             f"no {protocol} runs of trainer {args.trainer or 'any'} / cfg {args.cfg or 'any'} under "
             f"'{args.root}'; found: {', '.join(sorted({r.method.label for r in found}))}"
         )
-    summaries = _summaries(protocol, args.root, runs, args.seeds)
+    if args.datasets is not None:
+        runs = [r for r in runs if r.dataset in args.datasets or r.part == "source"]
+    shots = getattr(args, "shots", None)
+    if shots is not None:
+        runs = [r for r in runs if r.shots in shots]
+    if not runs:
+        raise UserError(f"no {protocol} runs of datasets {' '.join(args.datasets or ['any'])} / shots "
+                        f"{' '.join(map(str, shots or [])) or 'any'} under '{args.root}'")
+    summaries = _summaries(protocol, args, runs)
     n_missing = log_missing(summaries)
     if n_missing:
-        logger.warning("%d expected result(s) missing or incomplete (listed above)", n_missing)
+        logger.warning("%d expected result(s) missing, incomplete or mismatched (listed above)", n_missing)
+    _warn_mixed_backbones(runs)
 
     if args.command == "plot":
         from .plot import plot_fewshot  # matplotlib is only needed here
@@ -213,13 +292,11 @@ def run(args: argparse.Namespace) -> int:
         plot_fewshot(summaries, args.output, published, args.ci95)
         print(f"wrote {args.output}")
     elif args.format == "json":
-        print(json.dumps(to_json(summaries, args.ci95, published), indent=2))
+        print(json.dumps(to_json(protocol, summaries, args.ci95, published), indent=2))
     elif args.format == "csv":
         sys.stdout.write(to_csv(protocol, summaries, args.ci95, published))
     else:
         print(render_tables(protocol, summaries, args.ci95, published))
-        if published:
-            print(f"\n{pub.SOURCE_NOTE}")
     return 1 if (args.strict and n_missing) else 0
 
 

@@ -1,6 +1,6 @@
 """Find the run directories of each evaluation protocol in an output tree.
 
-The trees follow the CoOp/CoCoOp/MaPLe/PromptSRC scripts (see ``/work/shared/ANCHORS.md``):
+The trees follow the output folders of the CoOp/CoCoOp/MaPLe/PromptSRC scripts:
 
 * few-shot: ``ROOT/<dataset>/<TRAINER>/<cfg>_<K>shots[/<variant>]/seed<S>`` where ``<variant>`` is
   CoOp's ``nctx<N>_csc<CSC>_ctp<CTP>`` level (PromptSRC omits it);
@@ -10,8 +10,11 @@ The trees follow the CoOp/CoCoOp/MaPLe/PromptSRC scripts (see ``/work/shared/ANC
   ``ROOT/evaluation/<TRAINER>/<cfg>_<K>shots[/<variant>]/<dataset>/seed<S>``, the ImageNet source in the
   matching training dir ``ROOT/imagenet/<TRAINER>/<cfg>_<K>shots[/<variant>]/seed<S>``.
 
-Discovery only lists directories and reads their results; deciding what is missing is the job of
-:mod:`plpp.results.aggregate`.
+Discovery lists directories, reads their results and checks each ``results.json`` against its folder
+(:mod:`plpp.results.records`): a run whose record contradicts its folder keeps its number out of the
+tables and carries the reason in ``Run.problem``. Only a seed folder's own ``results.json`` or log is
+read: records in sub-folders of a run (an evaluation of that run written beside it) are never taken
+for runs. Deciding what is missing is the job of :mod:`plpp.results.aggregate`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .names import SOURCE_DATASET
-from .parse import Mode, RunResult, load_run
+from .parse import RESULTS_JSON, Mode, RunResult, load_run
+from .records import FolderFacts, folder_mismatches
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,8 @@ class Run:
     """One seed directory and its result (``None`` when the run has no result: crashed/unfinished).
 
     ``shots`` is set for few-shot runs; ``part`` is ``base``/``new`` for base-to-new runs and
-    ``source``/``target`` for cross-dataset and domain-generalisation runs.
+    ``source``/``target`` for cross-dataset and domain-generalisation runs. ``problem`` says why a
+    result does not count (its ``results.json`` contradicts its folder); such a run is left out.
     """
 
     method: Method
@@ -76,6 +81,12 @@ class Run:
     result: RunResult | None
     shots: int | None = None
     part: str = ""
+    problem: str | None = None
+
+    @property
+    def counted(self) -> RunResult | None:
+        """The result that enters the tables: ``None`` when absent or mismatched."""
+        return None if self.problem else self.result
 
 
 def subdirs(path: Path) -> list[Path]:
@@ -104,11 +115,33 @@ def _seed_parents(cfg_dir: Path) -> Iterator[tuple[str, Path]]:
             yield child.name, child
 
 
+#: What each part of a protocol expects of its runs: (subsample_classes, eval_only).
+PART_FACTS: dict[str, tuple[str, bool]] = {
+    "": ("all", False),  # few-shot training runs
+    "base": ("base", False),
+    "new": ("new", True),
+    "source": ("all", False),
+    "target": ("all", True),
+}
+
+
 def _runs_in(
-    parent: Path, mode: Mode, method: Method, dataset: str, shots: int | None = None, part: str = ""
+    parent: Path, mode: Mode, method: Method, dataset: str, shots: int | None = None, part: str = "",
+    folder_shots: int | None = None,
 ) -> Iterator[Run]:
+    """The seed runs under ``parent``; ``folder_shots`` is the shots count the folder names (checked
+    against ``results.json``)."""
+    subsample, eval_only = PART_FACTS[part]
     for seed, path in seed_dirs(parent):
-        yield Run(method, dataset, seed, path, load_run(path, mode), shots=shots, part=part)
+        result = load_run(path, mode)
+        problem = None
+        if result is not None and result.source.name == RESULTS_JSON:
+            variant = method.variant if part in ("", "source", "target") else ""
+            facts = FolderFacts(method.trainer, dataset, seed, folder_shots, subsample, eval_only, variant)
+            mismatches = folder_mismatches(path, result.meta, facts)
+            if mismatches:
+                problem = f"{path / RESULTS_JSON} does not match its folder: " + "; ".join(mismatches)
+        yield Run(method, dataset, seed, path, result, shots=shots, part=part, problem=problem)
 
 
 def require_dir(root: Path) -> Path:
@@ -134,7 +167,8 @@ def find_fewshot_runs(root: Path) -> list[Run]:
                     continue
                 for variant, parent in _seed_parents(cfg_dir):
                     method = Method(trainer_dir.name, match["cfg"], variant)
-                    runs += _runs_in(parent, "train", method, dataset_dir.name, shots=int(match["shots"]))
+                    shots = int(match["shots"])
+                    runs += _runs_in(parent, "train", method, dataset_dir.name, shots=shots, folder_shots=shots)
     return runs
 
 
@@ -148,15 +182,6 @@ def base2new_root(root: Path) -> Path:
         f"no base-to-new runs under '{root}': expected '{root}/base2new/train_base/<dataset>/shots_16/"
         "<TRAINER>/<cfg>/seed<S>' (or pass the base2new folder itself)"
     )
-
-
-def _check_subsample(run: Run) -> None:
-    """Warn when a ``results.json`` says its classes differ from its folder (base vs new)."""
-    classes = run.result.meta.get("subsample_classes") if run.result else None
-    if classes is not None and classes != run.part:
-        logger.warning(
-            "%s: results.json has subsample_classes=%r in a %r folder", run.path, classes, run.part
-        )
 
 
 def find_base2new_runs(root: Path) -> list[Run]:
@@ -175,9 +200,8 @@ def find_base2new_runs(root: Path) -> list[Run]:
                 for trainer_dir in subdirs(shots_dir):
                     for cfg_dir in subdirs(trainer_dir):
                         method = Method(trainer_dir.name, cfg_dir.name, variant)
-                        for run in _runs_in(cfg_dir, mode, method, dataset_dir.name, part=part):
-                            _check_subsample(run)
-                            runs.append(run)
+                        runs += _runs_in(cfg_dir, mode, method, dataset_dir.name, part=part,
+                                         folder_shots=int(match["shots"]))
     return runs
 
 
@@ -204,9 +228,11 @@ def find_transfer_runs(root: Path, targets: tuple[str, ...]) -> list[Run]:
     eval_root, train_root = transfer_roots(root)
     runs: list[Run] = []
     methods: dict[Method, Path] = {}
+    shots_of: dict[Method, int] = {}
     for trainer_dir in subdirs(eval_root):
         for cfg_dir in subdirs(trainer_dir):
-            if not SHOTS_CFG_RE.match(cfg_dir.name):
+            cfg_match = SHOTS_CFG_RE.match(cfg_dir.name)
+            if not cfg_match:
                 continue
             for child in subdirs(cfg_dir):
                 if seed_dirs(child):
@@ -219,9 +245,10 @@ def find_transfer_runs(root: Path, targets: tuple[str, ...]) -> list[Run]:
                         continue
                     method = Method(trainer_dir.name, cfg_dir.name, variant)
                     methods[method] = _source_dir(train_root, method)
+                    shots_of[method] = int(cfg_match["shots"])
                     runs += _runs_in(dataset_dir, "eval", method, dataset_dir.name, part="target")
     for method, source_dir in sorted(methods.items()):
-        runs += _runs_in(source_dir, "train", method, SOURCE_DATASET, part="source")
+        runs += _runs_in(source_dir, "train", method, SOURCE_DATASET, part="source", folder_shots=shots_of[method])
     return runs
 
 

@@ -50,8 +50,42 @@ XD_TARGETS: tuple[str, ...] = tuple(d for d in BENCHMARK_DATASETS if d != SOURCE
 #: The 4 ImageNet variants of the domain-generalisation protocol.
 DG_TARGETS: tuple[str, ...] = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
-#: Default seeds of every protocol (CoOp, CoCoOp, MaPLe and PromptSRC all report 3 seeds).
-DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
+#: ``DATASET.NAME`` (what ``results.json`` records) -> folder name (the ``configs/datasets`` basename).
+DATASET_FOLDERS: dict[str, str] = {
+    "ImageNet": "imagenet",
+    "Caltech101": "caltech101",
+    "OxfordPets": "oxford_pets",
+    "StanfordCars": "stanford_cars",
+    "OxfordFlowers": "oxford_flowers",
+    "Food101": "food101",
+    "FGVCAircraft": "fgvc_aircraft",
+    "SUN397": "sun397",
+    "DescribableTextures": "dtd",
+    "EuroSAT": "eurosat",
+    "UCF101": "ucf101",
+    "ImageNetV2": "imagenetv2",
+    "ImageNetSketch": "imagenet_sketch",
+    "ImageNetA": "imagenet_a",
+    "ImageNetR": "imagenet_r",
+    "FashionMNIST": "fashion_mnist",
+}
+
+
+def _squash(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def dataset_matches_folder(dataset_name: str, folder: str) -> bool | None:
+    """Whether a ``DATASET.NAME`` belongs in a dataset folder: ``True``/``False`` when either is known
+    (or the two spell the same words, as ``ProxyWorld`` and ``proxy_world``), ``None`` when it cannot
+    be told (a dataset this package does not know)."""
+    if dataset_name in DATASET_FOLDERS:
+        return DATASET_FOLDERS[dataset_name] == folder
+    if _squash(dataset_name) == _squash(folder):
+        return True
+    if folder in DATASET_FOLDERS.values():
+        return False
+    return None
 
 
 def display_name(dataset: str) -> str:

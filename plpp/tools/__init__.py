@@ -4,5 +4,7 @@
 * ``python -m plpp.tools.prepare_fashion_mnist --root DIR`` — Fashion-MNIST images and split, once.
 * ``python -m plpp.tools.compare RUN_DIR ...`` — accuracy / macro-F1 of finished runs side by side.
 * ``python -m plpp.tools.random_clip --arch ViT-B/32 -o clip_random.pt`` — a random-weight CLIP file
-  for offline pipeline checks (its numbers mean nothing).
+  for offline pipeline checks (its numbers mean nothing, and the file is marked so tables say so).
+* ``python -m plpp.tools.run_status DIR --mode train -- <train.py args>`` — is DIR finished with that
+  config? (the protocol scripts' and the grid's test before they skip a run).
 """

@@ -2,9 +2,11 @@
 
 ``NAME`` is what ``MODEL.BACKBONE.NAME`` takes: an OpenAI model name (found in the cache,
 ``$PLPP_CLIP_CACHE`` or ``~/.cache/clip``, else downloaded) or a local ``.pt`` file. The weights are
-loaded once, so a truncated or foreign file is reported here too. Exit status 0 when usable, 1 with
-one message (which file is missing and where to put it) otherwise. ``--offline`` looks in the
-cache only and never downloads (the demo's dry run uses it to choose between CLIP and the proxy world).
+loaded once, so a truncated or foreign file is reported here too, and the file is identified (an
+OpenAI release by its checksum, a random-weight or proxy-world file by its marker, see :mod:`plpp.provenance`).
+Exit status 0 when usable, 1 with one message (which file is missing and where to put it) otherwise.
+``--offline`` looks in the cache only and never downloads (the demo's dry run uses it to choose between
+CLIP and the proxy world).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from plpp.clip_utils import ClipWeightsError, load_clip, resolve_weights
+    from plpp.provenance import describe_backbone, identify_backbone
 
     try:
         if args.offline:
@@ -56,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"CLIP weights for {args.name}: {path} ({describe(model)})")
+    print(describe_backbone(identify_backbone(path)))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Reads each run's ``results.json`` (written by the engine at the end of training or of an eval-only
 run) and prints one table row per run: accuracy, macro-F1 and their differences from the first run
-(the baseline). Exit status 0, or 2 when a run has no results.
+(the baseline). The setting line names the backbone and what it is when it is not an OpenAI release
+(random weights: "not a result"). Exit status 0, or 2 when a run has no results.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ def comparison_table(runs: Sequence[tuple[str, dict]]) -> str:
     return str(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
 
 
+def weights_note(results: Sequence[dict]) -> str:
+    """What the backbone files were when they are not OpenAI releases (``""`` otherwise)."""
+    from plpp.provenance import KIND_LABELS
+
+    kinds = []
+    for res in results:
+        record = res.get("backbone_weights")
+        kind = record.get("kind") if isinstance(record, dict) else None
+        label = KIND_LABELS.get(kind) if kind else "backbone weights not recorded"
+        if label and label not in kinds:
+            kinds.append(label)
+    return "; ".join(kinds)
+
+
 def setting_line(results: Sequence[dict]) -> str:
     """What the runs were: dataset, shots, seed, test images, backbone (values that differ are listed)."""
 
@@ -64,8 +79,10 @@ def setting_line(results: Sequence[dict]) -> str:
                 values.append(shown)
         return " / ".join(values)
 
+    note = weights_note(results)
     return (f"{value('dataset')}, {value('num_shots')} shots, seed {value('seed')}, "
-            f"{value('total', lambda n: f'{n:,}')} test images, backbone {value('backbone', osp.basename)}")
+            f"{value('total', lambda n: f'{n:,}')} test images, backbone {value('backbone', osp.basename)}"
+            + (f" ({note})" if note else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = names or [res.get("trainer") or osp.basename(osp.normpath(run)) for run, res in zip(args.runs, results)]
     if args.title:
         print(args.title)
+    note = weights_note(results)
+    if "not a result" in note:
+        print(f"NOT A RESULT: {note}")
     print(setting_line(results))
     print(comparison_table(list(zip(names, results))))
     return 0

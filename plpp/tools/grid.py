@@ -9,11 +9,15 @@ timeout, and ``--shard I/N`` splits it over the tasks of a SLURM array (docs/DIS
     python -m plpp.tools.grid commands jobs.txt --jobs 4
 
 The unit of work of ``fewshot``/``base2new`` is the protocol script for one seed
-(``SEEDS=<seed> bash scripts/plpp/main.sh DATASET SHOTS [CFG] [TRAINER] [KEY VALUE ...]``, or
+(``SEEDS=<seed> bash scripts/plpp/main.sh DATASET SHOTS TRAINER [CFG] [KEY VALUE ...]``, or
 ``base2new.sh``), so the grid makes exactly the runs and folders the scripts make. A job is
-finished when the script's dry run has nothing left to run (its runs hold ``results.json`` or a
-finished log). In ``commands`` mode each line is a shell command, finished when the folder after its
-``--output-dir`` holds ``results.json`` (a line without ``--output-dir`` always runs).
+finished when the script's dry run has nothing left to run: its runs are finished with the config
+the job asks for (``plpp.tools.run_status``). In ``commands`` mode each line is a shell command; a line
+running ``train.py`` is finished when the folder after its ``--output-dir`` holds a finished run with
+the config that line asks for, another line with ``--output-dir`` when that folder holds
+``results.json``, and a line without ``--output-dir`` always runs. A folder holding a run made with
+another config (another backbone, other options) is never skipped: the grid stops before starting
+anything and names the keys that differ.
 
 Each job's output goes to ``<log-dir>/<job>.log``. The exit code is 0 when every job succeeded or was
 skipped, 1 when some failed, 2 on bad arguments.
@@ -69,7 +73,7 @@ def script_jobs(protocol: str, datasets: list[str], seeds: list[int], trainers: 
         if not shots:
             raise GridError("fewshot needs --shots (training images per class, e.g. --shots 1 2 4 8 16)")
         for dataset, k, trainer, seed in itertools.product(datasets, shots, trainers, seeds):
-            argv = ["bash", str(script), dataset, str(k), cfg or "-", trainer, *opts]
+            argv = ["bash", str(script), dataset, str(k), trainer, cfg or "-", *opts]
             jobs.append(Job(f"{dataset}_{trainer}_{k}shots_seed{seed}", argv, {"SEEDS": str(seed)}))
     else:
         if shots:
@@ -106,10 +110,39 @@ def command_jobs(path: str) -> list[Job]:
     return jobs
 
 
+def train_py_args(command: str) -> tuple[list[str], str] | None:
+    """The ``train.py`` arguments of a command line and its mode (``eval`` with ``--eval-only``), or ``None``."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    for i, word in enumerate(words):
+        if osp.basename(word) == "train.py":
+            args = words[i + 1 :]
+            return args, "eval" if "--eval-only" in args else "train"
+    return None
+
+
 def is_finished(job: Job, env: dict[str, str]) -> bool:
-    """Whether ``job`` has nothing left to do (see the module docstring)."""
+    """Whether ``job`` has nothing left to do (see the module docstring); raises :class:`GridError` when
+    its folder holds a run made with another config."""
     if job.argv[:2] == ["bash", "-c"]:
-        return job.output_dir is not None and osp.isfile(osp.join(job.output_dir, "results.json"))
+        if job.output_dir is None:
+            return False
+        parsed = train_py_args(job.argv[2])
+        if parsed is None:
+            return osp.isfile(osp.join(job.output_dir, "results.json"))
+        from plpp.tools.run_status import CONFLICT, DONE, run_status
+
+        try:
+            status = run_status(job.output_dir, parsed[1], parsed[0])
+        except SystemExit:
+            raise GridError(f"job {job.name}: train.py refuses its arguments: {job.argv[2]}") from None
+        except (ValueError, KeyError, OSError, RuntimeError) as exc:
+            raise GridError(f"job {job.name}: the requested run is not valid: {exc}") from None
+        if status.state == CONFLICT:
+            raise GridError(f"job {job.name}: {status.message}")
+        return status.state == DONE
     res = subprocess.run(job.argv, env={**env, **job.env, "DRY_RUN": "1"}, capture_output=True, text=True)
     if res.returncode != 0:
         raise GridError(f"job {job.name}: the script refuses it:\n{res.stderr.strip() or res.stdout.strip()}")

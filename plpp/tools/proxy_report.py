@@ -19,10 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from plpp.provenance import KIND_LABELS, KIND_PROXY
+
 #: The proxy-world datasets, in table order (folder names under the output root).
 DATASETS = ("proxy_world_drawing", "proxy_world")
 NAMES = {"proxy_world": "ProxyWorld (photos)", "proxy_world_drawing": "ProxyWorldDrawing (drawings)"}
-LABEL = "synthetic proxy world: not a result on real data"
+LABEL = KIND_LABELS[KIND_PROXY]
 BEGIN, END = "<!-- proxy-report:begin -->", "<!-- proxy-report:end -->"
 #: Row order of the tables: zero-shot, then each host followed by its PLPP version; other trainers after.
 ORDER = ("ZeroshotCLIP", "CoOp", "PLPP", "CoCoOp", "PLPP_CoCoOp", "MaPLe", "PLPP_MaPLe")

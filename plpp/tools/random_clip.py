@@ -4,6 +4,8 @@
 ``clip.model.CLIP`` with the architecture of the named OpenAI model (or ``tiny``, a very small one
 with 32 px input) and saves its state dict; use the file as ``MODEL.BACKBONE.NAME`` (or the demo's
 ``BACKBONE``). Nothing learned is in it: accuracies obtained with it are a pipeline check, not a result.
+The file says so itself: the state dict is saved beside a ``plpp_origin`` marker of kind ``random``
+(:mod:`plpp.provenance`), so ``results.json`` and ``plpp-results`` label every number made with it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 from collections.abc import Sequence
 
 import torch
+
+from plpp.provenance import KIND_RANDOM, ORIGIN_KEY, origin_marker
 
 _TEXT = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
 
@@ -44,7 +48,8 @@ def build_random_clip(arch: str, seed: int = 0) -> torch.nn.Module:
 
 
 def save_random_clip(arch: str, path: str, seed: int = 0, half: bool = True) -> int:
-    """Save the state dict of a random ``arch`` CLIP to ``path``; returns the number of parameters.
+    """Save the state dict of a random ``arch`` CLIP, marked as random, to ``path``; returns the number of
+    parameters.
 
     ``half`` stores the weights in the dtypes of the released files (``clip.model.convert_weights``:
     linear, conv and attention weights in fp16), halving the file size.
@@ -55,10 +60,12 @@ def save_random_clip(arch: str, path: str, seed: int = 0, half: bool = True) -> 
     n_params = sum(p.numel() for p in model.parameters())
     if half:
         import_clip().model.convert_weights(model)
+    marker = origin_marker(KIND_RANDOM, "plpp.tools.random_clip", arch=arch, seed=seed,
+                           dtype="fp16" if half else "fp32")
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        torch.save(model.state_dict(), tmp)
+        torch.save({ORIGIN_KEY: marker, "state_dict": model.state_dict()}, tmp)
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):

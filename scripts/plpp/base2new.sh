@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Base-to-new generalisation for every seed in $SEEDS (default "1 2 3"): base2new_train.sh, then
-# base2new_test.sh, per seed. Finished runs are skipped, so the script can be rerun after a failure.
+# base2new_test.sh, per seed. Runs finished with the same config are skipped, so the script can be rerun
+# after a failure (a folder holding a run made with another config stops it, naming the keys that differ).
 #
 #   bash scripts/plpp/base2new.sh DATASET [TRAINER] [CFG] [KEY VALUE ...]
 #   DATA=/data bash scripts/plpp/base2new.sh eurosat PLPP_MaPLe

@@ -5,11 +5,14 @@
 #   bash scripts/plpp/base2new_train.sh DATASET SEED [TRAINER] [CFG] [KEY VALUE ...]
 #   DATA=/data bash scripts/plpp/base2new_train.sh oxford_pets 1 PLPP_CoCoOp
 #
-# TRAINER  PLPP (default), CoOp, CoCoOp, MaPLe, PLPP_CoCoOp, PLPP_MaPLe
-# CFG      default per trainer: CoOp/PLPP vit_b16_ctxv1 (vit_b16_ep50_ctxv1 on ImageNet), CoCoOp and
-#          PLPP_CoCoOp vit_b16_c4_ep10_batch1_ctxv1, MaPLe and PLPP_MaPLe vit_b16_c2_ep5_batch4_2ctx
+# TRAINER  PLPP (default), CoOp, CoCoOp, MaPLe, IVLP, PromptSRC, KgCoOp, ProGrad and PLPP_<host>
+# CFG      default per trainer (PLPP_<host> as its host): CoOp/PLPP vit_b16_ctxv1 (vit_b16_ep50_ctxv1 on
+#          ImageNet), CoCoOp vit_b16_c4_ep10_batch1_ctxv1, MaPLe vit_b16_c2_ep5_batch4_2ctx, IVLP and
+#          PromptSRC vit_b16_c2_ep20_batch4_4+4ctx, KgCoOp vit_b16_ep100_ctxv1, ProGrad vit_b16_ep100
+#          (vit_b16_ep50 on ImageNet)
 # Environment: DATA (or --data DIR), OUTPUT (default output), PYTHON, DRY_RUN=1 (or --dry-run).
-# Output: $OUTPUT/base2new/train_base/<DATASET>/shots_16/<TRAINER>/<CFG>/seed<SEED> (skipped when finished).
+# Output: $OUTPUT/base2new/train_base/<DATASET>/shots_16/<TRAINER>/<CFG>/seed<SEED> (skipped when
+# finished with the same config; a folder holding another config's run stops the script, naming the keys).
 set -euo pipefail
 # shellcheck source=scripts/plpp/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -4,10 +4,10 @@
 # epoch rule, the "already finished" test, and printing then running one train.py command.
 #
 # Environment read by every script:
-#   DATA     data root (or --data DIR before the positional arguments); required except by demo.sh
+#   DATA     data root (or --data DIR anywhere on the command line); required except by demo.sh
 #   OUTPUT   output root (default: output, under the repository root)
 #   PYTHON   interpreter (default: python); may hold extra words, e.g. "python -X faulthandler"
-#   DRY_RUN  1: print the commands without running them (same as --dry-run)
+#   DRY_RUN  1: print the commands without running them (same as --dry-run, which may come last)
 # Relative DATA/OUTPUT paths are taken relative to the directory the script was started from.
 
 shopt -s inherit_errexit
@@ -75,13 +75,16 @@ plpp_is_key() {
 }
 
 # plpp_parse "USAGE" N_REQUIRED N_OPTIONAL "$@"
-# Leading options: --data DIR, --dry-run, -h/--help. Then N_REQUIRED positional arguments, then up to
-# N_OPTIONAL more (an empty string or "-" means "the default"; a word that looks like a config key
-# ends them), then KEY VALUE pairs passed to train.py. Sets ARGS (always N_REQUIRED + N_OPTIONAL
+# Options may come anywhere, a trailing --dry-run included: --data DIR, --dry-run, -h/--help (a "--"
+# ends them: every later word is an argument). The other words keep their order: N_REQUIRED positional arguments, then up to N_OPTIONAL more (an empty string or
+# "-" means "the default"; a word that looks like a config key ends them), then KEY VALUE pairs passed to
+# train.py. Every script takes its positional arguments in one order: DATASET, then SHOTS or SEED, then
+# TRAINER, then CFG (each script uses the ones it needs). Sets ARGS (always N_REQUIRED + N_OPTIONAL
 # entries) and OPTS, and makes DATA/OUTPUT absolute and exported.
 plpp_parse() {
   PLPP_USAGE=$1
   local nreq=$2 nopt=$3 i value
+  local words=()
   shift 3
   while (($#)); do
     case $1 in
@@ -92,24 +95,21 @@ plpp_parse() {
       --data)
         (($# >= 2)) || plpp_usage_error "--data needs a directory"
         DATA=$2
-        shift 2
-        ;;
-      --data=*)
-        DATA=${1#--data=}
         shift
         ;;
-      --dry-run)
-        DRY_RUN=1
-        shift
-        ;;
+      --data=*) DATA=${1#--data=} ;;
+      --dry-run) DRY_RUN=1 ;;
       --)
         shift
+        words+=("$@")
         break
         ;;
-      -?*) plpp_usage_error "unknown option '$1'" ;;
-      *) break ;;
+      --?* | -[A-Za-z]*) plpp_usage_error "unknown option '$1'" ;;
+      *) words+=("$1") ;;
     esac
+    shift
   done
+  set -- "${words[@]}"
   ARGS=()
   for ((i = 0; i < nreq; i++)); do
     if (($# == 0)) || plpp_is_key "$1"; then
@@ -152,6 +152,29 @@ plpp_parse() {
   PYTHON=${PYTHON:-python}
   export OUTPUT DRY_RUN PYTHON
   read -r -a PLPP_PY <<<"$PYTHON"
+  # Helper tools run in one process even when PYTHON launches several (torchrun).
+  if [[ ${PLPP_PY[0]##*/} == torchrun ]]; then PLPP_TOOL_PY=(python); else PLPP_TOOL_PY=("${PLPP_PY[@]}"); fi
+}
+
+# The value given to KEY among the trailing KEY VALUE options (the last one), or nothing.
+plpp_opt_value() {
+  local i value=""
+  for ((i = 0; i < ${#OPTS[@]}; i += 2)); do
+    [[ ${OPTS[i]} == "$1" ]] && value=${OPTS[i + 1]}
+  done
+  printf '%s\n' "$value"
+}
+
+# plpp_effective KEY ENV_NAME DEFAULT: the value a run gets for KEY: the KEY VALUE option when given,
+# else the environment variable, else DEFAULT. Stops when both are given and disagree.
+plpp_effective() {
+  local key=$1 env_name=$2 default=$3 opt env_value
+  opt=$(plpp_opt_value "$key")
+  env_value=${!env_name:-}
+  if [[ -n $opt && -n $env_value && $opt != "$env_value" ]]; then
+    plpp_die "$env_name=$env_value and the option $key $opt disagree; give one of them"
+  fi
+  printf '%s\n' "${opt:-${env_value:-$default}}"
 }
 
 plpp_require_data() {
@@ -186,6 +209,9 @@ plpp_check_trainer() {
   local dir
   dir=$(plpp_config_dir "$1")
   if [[ ! -d $dir ]]; then
+    if compgen -G "configs/trainers/*/$1.yaml" >/dev/null; then
+      plpp_usage_error "'$1' is a config name, not a trainer: TRAINER comes before CFG"
+    fi
     local known
     known=$(plpp_names configs/trainers/*/)
     plpp_die "unknown trainer '$1': no folder $dir. Trainers with configs: $known (and ZeroshotCLIP, which uses CoOp's)"
@@ -198,6 +224,9 @@ plpp_trainer_config() {
   dir=$(plpp_config_dir "$1")
   file="$dir/$2.yaml"
   if [[ ! -f $file ]]; then
+    if [[ -d configs/trainers/$2 ]] || plpp_is_zeroshot "$2"; then
+      plpp_usage_error "'$2' is a trainer, not a config of $1: TRAINER comes before CFG"
+    fi
     local known
     known=$(plpp_names "$dir"/*.yaml)
     plpp_die "trainer config $file not found. Configs of $1: $known"
@@ -205,9 +234,10 @@ plpp_trainer_config() {
   printf '%s\n' "$file"
 }
 
-# CoOp and PLPP read TRAINER.COOP (N_CTX, CSC, CLASS_TOKEN_POSITION); the other hosts have their own keys.
+# CoOp, ProGrad and their PLPP versions read TRAINER.COOP (N_CTX, CSC, CLASS_TOKEN_POSITION) and get the
+# nctx<N>_csc<CSC>_ctp<CTP> folder; the other hosts have their own keys (KgCoOp's configs fix its context).
 plpp_is_coop_family() {
-  [[ $1 == CoOp || $1 == PLPP ]]
+  [[ $1 == CoOp || $1 == PLPP || $1 == ProGrad || $1 == PLPP_ProGrad ]]
 }
 
 plpp_is_zeroshot() {
@@ -241,6 +271,23 @@ plpp_default_cfg() {
     MaPLe | PLPP_MaPLe)
       [[ $protocol == xd ]] && echo vit_b16_c2_ep5_batch4_2ctx_cross_datasets || echo vit_b16_c2_ep5_batch4_2ctx
       ;;
+    IVLP | PLPP_IVLP) echo "vit_b16_c2_ep20_batch4_4+4ctx" ;;
+    PromptSRC | PLPP_PromptSRC)
+      case $protocol in
+        fewshot) echo "vit_b16_c2_ep50_batch4_4+4ctx_few_shot" ;;
+        xd) echo "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets" ;;
+        *) echo "vit_b16_c2_ep20_batch4_4+4ctx" ;;
+      esac
+      ;;
+    KgCoOp | PLPP_KgCoOp) echo vit_b16_ep100_ctxv1 ;;
+    ProGrad | PLPP_ProGrad) # CoOp's few-shot rule; base-to-new: ProGrad's ep100 recipe (ep50 on ImageNet)
+      if [[ $protocol == base2new ]]; then
+        [[ $dataset == imagenet ]] && echo vit_b16_ep50 || echo vit_b16_ep100
+      else
+        plpp_coop_fewshot_cfg "$dataset" "$shots"
+      fi
+      ;;
+    LinearProbeCLIP) echo vit_b16 ;;
     *)
       local known
       known=$(plpp_names "$(plpp_config_dir "$trainer")"/*.yaml)
@@ -249,23 +296,48 @@ plpp_default_cfg() {
   esac
 }
 
-# The CoOp variant folder and the matching options, from NCTX (16), CSC (False), CTP (end).
-plpp_coop_variant() {
-  echo "nctx${NCTX:-16}_csc${CSC:-False}_ctp${CTP:-end}"
+# The prompt layout a CoOp/PLPP run gets: TRAINER.COOP.N_CTX, CSC and CLASS_TOKEN_POSITION from the
+# KEY VALUE options, else NCTX, CSC and CTP from the environment, else 16, False, end. Sets
+# PLPP_COOP_OPTS (the options that fix it) and PLPP_COOP_VARIANT (its folder, nctx<N>_csc<CSC>_ctp<CTP>),
+# so an override such as TRAINER.COOP.N_CTX 4 names its own folder.
+plpp_coop_layout() {
+  local n c p
+  n=$(plpp_effective TRAINER.COOP.N_CTX NCTX 16)
+  c=$(plpp_effective TRAINER.COOP.CSC CSC False)
+  p=$(plpp_effective TRAINER.COOP.CLASS_TOKEN_POSITION CTP end)
+  PLPP_COOP_OPTS=(TRAINER.COOP.N_CTX "$n" TRAINER.COOP.CSC "$c" TRAINER.COOP.CLASS_TOKEN_POSITION "$p")
+  PLPP_COOP_VARIANT="nctx${n}_csc${c}_ctp${p}"
 }
 
-plpp_coop_opts() {
-  PLPP_COOP_OPTS=(TRAINER.COOP.N_CTX "${NCTX:-16}" TRAINER.COOP.CSC "${CSC:-False}"
-    TRAINER.COOP.CLASS_TOKEN_POSITION "${CTP:-end}")
-}
-
-# plpp_finished DIR MODE: a run is finished when DIR has results.json, or its log (log.txt, or Dassl's
-# log.txt-<time>) says "Finish training" (MODE train) or holds a "=> result" block (MODE eval).
+# plpp_finished DIR MODE: DIR holds a result: results.json, or a log (log.txt, or Dassl's
+# log.txt-<time>) that says "Finish training" (MODE train) or holds a "=> result" block (MODE eval).
 plpp_finished() {
   local dir=$1 mode=$2 pattern
   [[ -f $dir/results.json ]] && return 0
   if [[ $mode == train ]]; then pattern='Finish(ed)? training'; else pattern='^=> result'; fi
   grep -qsE -- "$pattern" "$dir"/log.txt*
+}
+
+# plpp_done DIR MODE COMMAND...: true when DIR is finished with the config COMMAND (a train.py command)
+# asks for, backbone included (prints "skip: ..."); false when it has to run. Stops with the differing
+# keys when DIR holds a finished run made with another config: nothing is skipped or overwritten then.
+plpp_done() {
+  local dir=$1 mode=$2 word rc=0 seen=0
+  local args=()
+  shift 2
+  plpp_finished "$dir" "$mode" || return 1
+  for word in "$@"; do
+    if ((seen)); then args+=("$word"); elif [[ ${word##*/} == train.py ]]; then seen=1; fi
+  done
+  "${PLPP_TOOL_PY[@]}" -m plpp.tools.run_status "$dir" --mode "$mode" -- "${args[@]}" >/dev/null || rc=$?
+  case $rc in
+    0)
+      echo "skip: $dir is finished with the same config; delete it to run again"
+      return 0
+      ;;
+    3) return 1 ;;
+    *) exit 1 ;; # run_status said why on stderr
+  esac
 }
 
 plpp_quote() {
@@ -282,15 +354,12 @@ plpp_quote() {
   printf '%s\n' "${out% }"
 }
 
-# plpp_run DIR MODE COMMAND...: skip a finished run, else print the command and run it.
+# plpp_run DIR MODE COMMAND...: skip a run finished with the same config, else print the command and
+# run it (stops when DIR holds a finished run with another config, see plpp_done).
 plpp_run() {
   local dir=$1 mode=$2
   shift 2
-  if plpp_finished "$dir" "$mode"; then
-    echo "skip: $dir is finished (results.json or a finished log there); delete it to run again"
-    return 0
-  fi
-  plpp_exec "$@"
+  plpp_done "$dir" "$mode" "$@" || plpp_exec "$@"
 }
 
 # Print a command, then run it (only print it when DRY_RUN is 1).
@@ -359,6 +428,26 @@ plpp_no_zeroshot() {
   fi
 }
 
+# Base-to-new and cross-dataset evaluate classes the training never saw: refuse trainers that cannot.
+plpp_transfers() {
+  plpp_no_zeroshot "$1"
+  if [[ $1 == LinearProbeCLIP ]]; then
+    plpp_die "LinearProbeCLIP learns one weight vector per training class, so it cannot evaluate other classes or datasets; run it with scripts/plpp/main.sh (few-shot)"
+  fi
+}
+
+# PromptSRC's few-shot recipe: GPA_MEAN 45, GPA_STD 5 on these datasets (30/30 on the others, as its file says).
+plpp_fewshot_opts() { # TRAINER CFG DATASET
+  PLPP_FEWSHOT_OPTS=()
+  if [[ $1 == *PromptSRC && $2 == "vit_b16_c2_ep50_batch4_4+4ctx_few_shot" ]]; then
+    case $3 in
+      stanford_cars | oxford_flowers | fgvc_aircraft | dtd | eurosat)
+        PLPP_FEWSHOT_OPTS=(TRAINER.PROMPTSRC.GPA_MEAN 45 TRAINER.PROMPTSRC.GPA_STD 5)
+        ;;
+    esac
+  fi
+}
+
 # Base-to-new (16 shots): from DATASET SEED [TRAINER] [CFG] (in ARGS) set DATASET, SEED, TRAINER,
 # CFG, DATASET_CONFIG, TRAINER_CONFIG, B2N_TRAIN_DIR and B2N_TEST_DIR.
 plpp_base2new_setup() {
@@ -368,7 +457,7 @@ plpp_base2new_setup() {
   plpp_require_data
   DATASET_CONFIG=$(plpp_dataset_config "$DATASET")
   plpp_resolve "${ARGS[2]:-PLPP}" "${ARGS[3]}" base2new "$DATASET" 16
-  plpp_no_zeroshot "$TRAINER"
+  plpp_transfers "$TRAINER"
   B2N_TRAIN_DIR="$OUTPUT/base2new/train_base/$DATASET/shots_16/$TRAINER/$CFG/seed$SEED"
   B2N_TEST_DIR="$OUTPUT/base2new/test_new/$DATASET/shots_16/$TRAINER/$CFG/seed$SEED"
 }
@@ -379,6 +468,6 @@ plpp_xd_setup() { # TRAINER CFG SEED
   plpp_require_int SEED "$3"
   plpp_require_data
   plpp_resolve "${1:-PLPP}" "$2" xd imagenet 16
-  plpp_no_zeroshot "$TRAINER"
+  plpp_transfers "$TRAINER"
   XD_MODEL_DIR="$OUTPUT/imagenet/$TRAINER/${CFG}_16shots/seed$3"
 }

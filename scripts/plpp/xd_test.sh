@@ -10,7 +10,8 @@
 # <model>/checkpoint pointer (else OPTIM.MAX_EPOCH of its config.yaml).
 # Environment: DATA (or --data DIR), OUTPUT (default output), PYTHON, DRY_RUN=1 (or --dry-run).
 # Model: $OUTPUT/imagenet/<TRAINER>/<CFG>_16shots/seed<SEED>
-# Output: $OUTPUT/evaluation/<TRAINER>/<CFG>_16shots/<DATASET>/seed<SEED> (skipped when finished).
+# Output: $OUTPUT/evaluation/<TRAINER>/<CFG>_16shots/<DATASET>/seed<SEED> (skipped when finished with
+# the same config; a folder holding another config's run stops the script, naming the keys).
 # Summarise with: python -m plpp.results xd $OUTPUT   (dg for the ImageNet variants)
 set -euo pipefail
 # shellcheck source=scripts/plpp/common.sh
@@ -23,9 +24,8 @@ SEED=${ARGS[1]}
 plpp_xd_setup "${ARGS[2]}" "${ARGS[3]}" "$SEED"
 DATASET_CONFIG=$(plpp_dataset_config "$DATASET")
 DIR="$OUTPUT/evaluation/$TRAINER/${CFG}_16shots/$DATASET/seed$SEED"
-EPOCH=""
-if ! plpp_finished "$DIR" eval; then
-  EPOCH=$(plpp_load_epoch "$XD_MODEL_DIR" "bash scripts/plpp/xd_train.sh $SEED $TRAINER $CFG")
-fi
 plpp_train_cmd "$TRAINER" "$DATASET_CONFIG" "$TRAINER_CONFIG" "$SEED" "$DIR"
-plpp_run "$DIR" eval "${PLPP_CMD[@]}" --eval-only --model-dir "$XD_MODEL_DIR" --load-epoch "$EPOCH" "${OPTS[@]}"
+if ! plpp_done "$DIR" eval "${PLPP_CMD[@]}" --eval-only "${OPTS[@]}"; then
+  EPOCH=$(plpp_load_epoch "$XD_MODEL_DIR" "bash scripts/plpp/xd_train.sh $SEED $TRAINER $CFG")
+  plpp_exec "${PLPP_CMD[@]}" --eval-only --model-dir "$XD_MODEL_DIR" --load-epoch "$EPOCH" "${OPTS[@]}"
+fi
