@@ -98,10 +98,10 @@ def test_quick_world_is_cached_and_marked(quick_world):
     assert origin["kind"] == "proxy_world" and origin["tool"] == "plpp.tools.proxy_world" and origin["quick"]
     assert origin["zero_shot"] == manifest(quick_world)["zero_shot"]
 
-    from plpp.clip_utils import load_clip
+    from plpp.clip_utils import import_clip, load_clip
 
     model = load_clip(str(weights))  # the loader takes the state dict beside the marker
-    assert type(model).__module__ == "clip.model" and model.visual.input_resolution == ARCH["image_resolution"]
+    assert type(model) is import_clip().model.CLIP and model.visual.input_resolution == ARCH["image_resolution"]
     assert model.token_embedding.weight.shape == (ARCH["vocab_size"], ARCH["transformer_width"])
     assert model.text_projection.shape == (ARCH["transformer_width"], ARCH["embed_dim"])
 
@@ -179,11 +179,18 @@ def test_coop_learns_above_zero_shot_and_a_frozen_prompt_is_caught(quick_world, 
 
 
 def test_proxy_label_in_results_json_and_tables(coop_base_run):
-    results = json.loads((coop_base_run / "results.json").read_text())
-    assert LABEL in json.dumps(results)
+    from plpp.provenance import KIND_LABELS
+
+    # The marker of the weights file, read by the provenance record of every run.
+    record = json.loads((coop_base_run / "results.json").read_text())["backbone_weights"]
+    assert record["kind"] == "proxy_world" and KIND_LABELS[record["kind"]] == LABEL
+    assert record["origin"]["tool"] == "plpp.tools.proxy_world"
+    # The tables made from the run say what its numbers are.
     root = coop_base_run.parents[6]
     res = ok(run([PYTHON, "-m", "plpp.results", "base2new", str(root)]))
-    assert LABEL in res.stdout
+    assert f"NOT A RESULT: {LABEL}" in res.stdout and "[proxy]" in res.stdout
+    res = ok(run([PYTHON, "-m", "plpp.tools.compare", str(coop_base_run)]))
+    assert res.stdout.startswith(f"NOT A RESULT: {LABEL}")
 
 
 # ------------------------------------------------------------------------------------ sweep, report, scripts
@@ -194,12 +201,15 @@ def test_sweep_selects_on_val_and_the_report_prints_it(quick_world, tmp_path):
 
     out = tmp_path / "proxy"
     tiny = ["OPTIM.MAX_EPOCH", "1", "DATASET.TEST_PER_CLASS", "4"]
+    with pytest.raises(SystemExit) as refused:  # only PLPP versions are swept
+        proxy_sweep.main(["--world", str(quick_world), "--output", str(out), "--trainer", "CoOp"])
+    assert refused.value.code == 2 and not out.exists()
     assert proxy_sweep.main(["--world", str(quick_world), "--output", str(out), "--seeds", "1", "--only",
                              "HIDDEN", "--", *tiny]) == 0
-    sweep = json.loads((out / "sweep" / "sweep_proxy_world_drawing.json").read_text())
+    sweep = json.loads((out / "sweep" / "sweep_proxy_world_drawing_PLPP.json").read_text())
     assert [v["name"] for v in sweep["variants"]] == ["default", "hidden_after"]
     for variant in sweep["variants"]:
-        val = json.loads((out / "sweep/val/proxy_world_drawing" / variant["name"] / "seed1/val.json").read_text())
+        val = json.loads((out / "sweep/val/proxy_world_drawing/PLPP" / variant["name"] / "seed1/val.json").read_text())
         assert val["split"] == "val" and val["total"] == 24 * 4  # min(16, 4) val shots of 24 base classes
         assert variant["val"]["values"] == [val["accuracy"]] and variant["new"]["n"] == 1
     best = max(sweep["variants"], key=lambda v: v["val"]["mean"])
@@ -214,14 +224,32 @@ def test_sweep_selects_on_val_and_the_report_prints_it(quick_world, tmp_path):
     assert doc.read_text() == f"intro\n{proxy_report.BEGIN}\n{text}{proxy_report.END}\nend\n"
 
 
+def test_every_host_and_its_plpp_version_has_a_proxy_config():
+    from plpp.engine import get_cfg_default
+    from plpp.trainers import extend_cfg
+
+    root = REPO / "configs" / "trainers"
+    plpp_versions = sorted(p.name for p in root.glob("PLPP_*"))
+    hosts = ["CoOp", "LinearProbeCLIP", *(name[5:] for name in plpp_versions)]
+    for trainer in ["PLPP", *hosts, *plpp_versions]:
+        cfg = get_cfg_default()
+        extend_cfg(cfg)
+        cfg.merge_from_file(str(root / trainer / "proxy.yaml"))
+        assert cfg.MODEL.BACKBONE.NAME == "data/proxy-world/proxy-clip.pt" and cfg.INPUT.SIZE == (32, 32), trainer
+
+
 def test_proxy_script_dry_run_lists_every_host(tmp_path):
     env = {"WORLD": str(tmp_path / "world"), "OUTPUT": str(tmp_path / "out"), "PYTHON": PYTHON, "QUICK": "1"}
     res = ok(run(["bash", "scripts/plpp/proxy.sh", "--dry-run"], **env))
     text = res.stdout
     assert text.splitlines()[0].endswith(LABEL[1:] + ".")
     assert f"-m plpp.tools.proxy_world --out {tmp_path / 'world'} --quick" in text
-    for trainer in ("ZeroshotCLIP", "CoOp", "PLPP", "CoCoOp", "PLPP_CoCoOp", "MaPLe", "PLPP_MaPLe"):
+    hosts = ("CoOp", "CoCoOp", "MaPLe", "IVLP", "PromptSRC", "KgCoOp", "ProGrad")
+    for trainer in ("ZeroshotCLIP", "PLPP", "LinearProbeCLIP", *hosts, *(f"PLPP_{h}" for h in hosts[1:])):
         assert f"--trainer {trainer} " in text
+        if trainer not in ("ZeroshotCLIP", "LinearProbeCLIP"):
+            assert f"train_base/proxy_world_drawing/shots_16/{trainer}/proxy/seed1" in text
+    assert "train_base/proxy_world_drawing/shots_16/LinearProbeCLIP" not in text  # few-shot only
     assert "-m plpp.tools.proxy_sweep" in text and "-m plpp.tools.proxy_report" in text
     assert not (tmp_path / "out").exists()
     bad = run(["bash", "scripts/plpp/proxy.sh", "--dry-run"], TRAINERS="CoOp Nope", **env)
@@ -315,3 +343,13 @@ def test_every_proxy_config_parses():
                                                  str(REPO / "configs/datasets/proxy_world.yaml")]))
         assert tuple(cfg.INPUT.SIZE) == (32, 32) and cfg.MODEL.BACKBONE.NAME.endswith("proxy-clip.pt")
         assert os.path.basename(os.path.dirname(cfg.MODEL.BACKBONE.NAME)) == "proxy-world"
+
+
+def test_zero_shot_base_classes_count_as_the_base_of_base_to_new(tmp_path):
+    """proxy.sh evaluates zero-shot CLIP on the base classes in ``train_base``: an evaluation, not a mismatch."""
+    from plpp.results.records import FolderFacts, folder_mismatches
+
+    for trainer, expected in (("ZeroshotCLIP", []), ("CoOp", ["eval_only true, the folder holds a training run"])):
+        meta = {"trainer": trainer, "seed": 1, "num_shots": 16, "subsample_classes": "base", "eval_only": True}
+        facts = FolderFacts(trainer, "proxy_world_drawing", 1, 16, "base", eval_only=False)
+        assert folder_mismatches(tmp_path, meta, facts) == expected

@@ -264,7 +264,7 @@ def _build(out_dir: str, spec: BuildSpec, log: Callable[[str], None]) -> dict:
     zero_shot = zero_shot_report(model, tests)
     origin = origin_marker(ORIGIN_KIND, ORIGIN_TOOL, format=FORMAT, label=LABEL, quick=spec.quick,
                            seed=spec.pretrain.seed, steps=spec.pretrain.steps,
-                           zero_shot_photo=zero_shot["photo"]["all"], zero_shot_drawing=zero_shot["drawing"]["all"])
+                           zero_shot=zero_shot)
     weights = osp.join(out_dir, WEIGHTS_FILE)
     save_weights(model, weights, origin)
     manifest = {"format": FORMAT, "spec": spec.to_dict(), "label": LABEL, "weights": WEIGHTS_FILE,

@@ -1,7 +1,7 @@
 """The proxy world's Markdown tables from run outputs: ``python -m plpp.tools.proxy_report ROOT [--world DIR]``.
 
 Reads what ``scripts/plpp/proxy.sh`` wrote under ``ROOT`` (base-to-new and few-shot runs through
-``plpp.results``, the sweep's ``sweep/sweep_<dataset>.json``) and the world's manifest, and prints the tables
+``plpp.results``, the sweep's ``sweep/sweep_<dataset>_<trainer>.json``) and the world's manifest, and prints the tables
 of docs/PROXY.md: base-to-new per method, few-shot per method, and the sweep of PLPP's open choices
 beside the defaults. ``-o FILE`` also writes them to a file; ``--update DOC`` replaces the part of
 ``DOC`` between the ``<!-- proxy-report:begin -->`` and ``<!-- proxy-report:end -->`` lines, so the
@@ -27,7 +27,8 @@ NAMES = {"proxy_world": "ProxyWorld (photos)", "proxy_world_drawing": "ProxyWorl
 LABEL = KIND_LABELS[KIND_PROXY]
 BEGIN, END = "<!-- proxy-report:begin -->", "<!-- proxy-report:end -->"
 #: Row order of the tables: zero-shot, then each host followed by its PLPP version; other trainers after.
-ORDER = ("ZeroshotCLIP", "CoOp", "PLPP", "CoCoOp", "PLPP_CoCoOp", "MaPLe", "PLPP_MaPLe")
+ORDER = ("ZeroshotCLIP", "CoOp", "PLPP", "CoCoOp", "PLPP_CoCoOp", "MaPLe", "PLPP_MaPLe", "IVLP", "PLPP_IVLP",
+         "PromptSRC", "PLPP_PromptSRC", "KgCoOp", "PLPP_KgCoOp", "ProGrad", "PLPP_ProGrad", "LinearProbeCLIP")
 
 
 class ReportError(Exception):
@@ -41,7 +42,8 @@ def _order(trainer: str) -> tuple[int, str]:
 def cell(mean: float | None, std: float | None, n: int) -> str:
     if mean is None:
         return "–"
-    return f"{mean:.1f} ± {std:.1f}" + ("" if n >= 3 else f" (n={n})")
+    spread = "" if std is None else f" ± {std:.1f}"  # one seed has no spread
+    return f"{mean:.1f}{spread}" + ("" if n >= 3 else f" (n={n})")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -120,8 +122,9 @@ def fewshot_lines(root: Path, seeds: list[int] | None) -> list[str]:
 def sweep_lines(root: Path) -> list[str]:
     lines = []
     for dataset in DATASETS:
-        path = root / "sweep" / f"sweep_{dataset}.json"
-        if path.is_file():
+        paths = sorted((root / "sweep").glob(f"sweep_{dataset}_*.json"),
+                       key=lambda p: _order(p.stem[len(f"sweep_{dataset}_"):]))
+        for path in paths:
             with open(path, encoding="utf-8") as f:
                 lines += _sweep_table(json.load(f))
     return lines

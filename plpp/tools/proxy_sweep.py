@@ -1,9 +1,11 @@
 """Sweep PLPP's open choices on the proxy world, select on the few-shot validation split, write JSON.
 
-``python -m plpp.tools.proxy_sweep --world DIR [--output ROOT] [--seeds 1 2 3] [--only KEY ...] [-- KEY VALUE ...]``
+``python -m plpp.tools.proxy_sweep --world DIR [--output ROOT] [--trainer PLPP] [--seeds 1 2 3] [--only KEY ...]
+[-- KEY VALUE ...]``
 
 Each variant changes one ``TRAINER.PLPP`` key from its default (``VARIANTS``); each variant and seed
-is one base-to-new run on ``--dataset`` (default the drawings, as ``scripts/plpp/proxy.sh``): train
+is one base-to-new run of ``--trainer`` (PLPP on CoOp by default, or any ``PLPP_<host>`` with a
+``configs/trainers/<trainer>/proxy.yaml``) on ``--dataset`` (default the drawings, as ``scripts/plpp/proxy.sh``): train
 on the base classes (16 shots) in the layout of
 ``scripts/plpp/base2new_train.sh``, evaluate the last checkpoint on the new classes as
 ``base2new_test.sh`` does, and evaluate it on the few-shot validation split of the base classes
@@ -12,7 +14,7 @@ on the base classes (16 shots) in the layout of
 Finished runs are skipped, so a rerun continues where it stopped.
 
 Selection uses the validation accuracy only, never a test accuracy: per key, the value with the
-highest mean val accuracy over seeds. ``ROOT/sweep/sweep_<dataset>.json`` holds every variant's val, base, new
+highest mean val accuracy over seeds. ``ROOT/sweep/sweep_<dataset>_<trainer>.json`` holds every variant's val, base, new
 and HM (mean and std over seeds), the selection, and whether each selected value beats the default
 clearly (its mean val exceeds the default's by more than two standard errors of the difference).
 Exit status 0, 1 when a run failed, 2 on bad arguments.
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TRAINER = "PLPP"
+TRAINER = "PLPP"  # the default trainer swept
 CFG = "proxy"
 DATASETS = ("proxy_world_drawing", "proxy_world")
 SHOTS = 16
@@ -75,33 +77,41 @@ def variants(only: Sequence[str] = ()) -> list[Variant]:
     return [Variant()] + [Variant(k, v) for k in keys for v in VARIANTS[k][1]]
 
 
-def run_dirs(root: str, dataset: str, variant: Variant, seed: int) -> tuple[str, str]:
+def run_dirs(root: str, dataset: str, variant: Variant, seed: int, trainer: str = TRAINER) -> tuple[str, str]:
     """The training and new-class evaluation folders (base2new_train.sh / base2new_test.sh layout)."""
     tree = root if not variant.key else osp.join(root, SWEEP_DIR, variant.name)
-    cell = osp.join(dataset, f"shots_{SHOTS}", TRAINER, CFG, f"seed{seed}")
+    cell = osp.join(dataset, f"shots_{SHOTS}", trainer, CFG, f"seed{seed}")
     return osp.join(tree, "base2new", "train_base", cell), osp.join(tree, "base2new", "test_new", cell)
 
 
-def val_record(root: str, dataset: str, variant: Variant, seed: int) -> str:
-    return osp.join(root, SWEEP_DIR, VAL_DIR, dataset, variant.name, f"seed{seed}", "val.json")
+def val_record(root: str, dataset: str, variant: Variant, seed: int, trainer: str = TRAINER) -> str:
+    return osp.join(root, SWEEP_DIR, VAL_DIR, dataset, trainer, variant.name, f"seed{seed}", "val.json")
 
 
-def common_args(world: str, dataset: str, seed: int, out: str) -> list[str]:
-    return ["--root", osp.join(world, "data"), "--seed", str(seed), "--trainer", TRAINER,
+def sweep_file(root: str, dataset: str, trainer: str = TRAINER) -> str:
+    return osp.join(root, SWEEP_DIR, f"sweep_{dataset}_{trainer}.json")
+
+
+def common_args(world: str, dataset: str, seed: int, out: str, trainer: str = TRAINER) -> list[str]:
+    return ["--root", osp.join(world, "data"), "--seed", str(seed), "--trainer", trainer,
             "--dataset-config-file", str(REPO / "configs" / "datasets" / f"{dataset}.yaml"),
-            "--config-file", str(REPO / "configs" / "trainers" / TRAINER / f"{CFG}.yaml"), "--output-dir", out]
+            "--config-file", str(REPO / "configs" / "trainers" / trainer / f"{CFG}.yaml"), "--output-dir", out]
+
+
+def sweepable_trainers() -> list[str]:
+    """PLPP and every ``PLPP_<host>`` that has a proxy config."""
+    return sorted(p.parent.name for p in (REPO / "configs" / "trainers").glob(f"PLPP*/{CFG}.yaml"))
 
 
 def last_epoch(train_dir: str) -> int:
     """The epoch of the last checkpoint of a finished training run (its ``<model>/checkpoint`` pointer)."""
-    pointer = osp.join(train_dir, "prompt_learner", "checkpoint")
+    pointers = sorted(Path(train_dir).glob("*/checkpoint"))
     try:
-        with open(pointer, encoding="utf-8") as f:
-            name = f.read().strip()
+        name = pointers[0].read_text(encoding="utf-8").strip()
         return int(name.rsplit("-", 1)[1])
     except (OSError, IndexError, ValueError):
-        raise SweepError(f"{train_dir} has no readable checkpoint pointer {pointer}; delete the folder to "
-                         "train it again") from None
+        raise SweepError(f"{train_dir} has no readable checkpoint pointer <model>/checkpoint; delete the folder "
+                         "to train it again") from None
 
 
 def run_train_py(argv: list[str]) -> None:
@@ -138,29 +148,30 @@ def evaluate_val(train_dir: str, record: str) -> dict:
 
 
 def run_one(world: str, root: str, dataset: str, variant: Variant, seed: int, extra: list[str],
-            dry_run: bool = False) -> None:
+            dry_run: bool = False, trainer: str = TRAINER) -> None:
     """Train, evaluate new classes, evaluate val: each step skipped when its result exists."""
-    train_dir, test_dir = run_dirs(root, dataset, variant, seed)
-    record = val_record(root, dataset, variant, seed)
+    train_dir, test_dir = run_dirs(root, dataset, variant, seed, trainer)
+    record = val_record(root, dataset, variant, seed, trainer)
     weights = ["MODEL.BACKBONE.NAME", osp.join(world, "proxy-clip.pt")]
     steps = []
     if not osp.isfile(osp.join(train_dir, "results.json")):
-        steps.append(("train", [*common_args(world, dataset, seed, train_dir), "DATASET.NUM_SHOTS", str(SHOTS),
+        steps.append(("train", [*common_args(world, dataset, seed, train_dir, trainer), "DATASET.NUM_SHOTS", str(SHOTS),
                                 "DATASET.SUBSAMPLE_CLASSES", "base", *weights, *variant.opts, *extra]))
     if not osp.isfile(osp.join(test_dir, "results.json")):
         steps.append(("new", None))
     if not osp.isfile(record):
         steps.append(("val", None))
     for step, argv in steps:
-        print(f"[{variant.name} seed {seed}] {step}", flush=True)
+        print(f"[{trainer} {variant.name} seed {seed}] {step}", flush=True)
         if dry_run:
             continue
         if step == "train":
             run_train_py(argv)
         elif step == "new":
-            run_train_py([*common_args(world, dataset, seed, test_dir), "--eval-only", "--model-dir", train_dir,
-                          "--load-epoch", str(last_epoch(train_dir)), "DATASET.NUM_SHOTS", str(SHOTS),
-                          "DATASET.SUBSAMPLE_CLASSES", "new", *weights, *variant.opts, *extra])
+            run_train_py([*common_args(world, dataset, seed, test_dir, trainer), "--eval-only",
+                          "--model-dir", train_dir, "--load-epoch", str(last_epoch(train_dir)),
+                          "DATASET.NUM_SHOTS", str(SHOTS), "DATASET.SUBSAMPLE_CLASSES", "new", *weights,
+                          *variant.opts, *extra])
         else:
             evaluate_val(train_dir, record)
 
@@ -185,7 +196,7 @@ def stat(values: list[float]) -> dict:
             "values": values}
 
 
-def summarize(root: str, dataset: str, chosen: list[Variant], seeds: list[int]) -> dict:
+def summarize(root: str, dataset: str, chosen: list[Variant], seeds: list[int], trainer: str = TRAINER) -> dict:
     """Every variant's val/base/new over seeds, the per-key selection on val, and whether it is clear."""
     from plpp.results.aggregate import harmonic_mean
 
@@ -193,9 +204,9 @@ def summarize(root: str, dataset: str, chosen: list[Variant], seeds: list[int]) 
     for variant in chosen:
         cells: dict[str, list[float]] = {"val": [], "base": [], "new": []}
         for seed in seeds:
-            train_dir, test_dir = run_dirs(root, dataset, variant, seed)
-            paths = (("val", val_record(root, dataset, variant, seed)), ("base", osp.join(train_dir, "results.json")),
-                     ("new", osp.join(test_dir, "results.json")))
+            train_dir, test_dir = run_dirs(root, dataset, variant, seed, trainer)
+            paths = (("val", val_record(root, dataset, variant, seed, trainer)),
+                     ("base", osp.join(train_dir, "results.json")), ("new", osp.join(test_dir, "results.json")))
             for part, path in paths:
                 value = _accuracy(path)
                 if value is not None:
@@ -216,7 +227,7 @@ def summarize(root: str, dataset: str, chosen: list[Variant], seeds: list[int]) 
         selection[key] = {"value": best["value"] or VARIANTS[key][0], "variant": best["name"],
                           "clear": clearly_better(best["val"], default["val"]) if best is not default else False}
     return {"format": "plpp-proxy-sweep/1", "label": "synthetic proxy world: not a result on real data",
-            "trainer": TRAINER, "cfg": CFG, "dataset": dataset, "shots": SHOTS, "seeds": seeds,
+            "trainer": trainer, "cfg": CFG, "dataset": dataset, "shots": SHOTS, "seeds": seeds,
             "selected_on": "few-shot validation split of the base classes (never test)",
             "defaults": {k: d for k, (d, _) in VARIANTS.items()}, "variants": rows, "selection": selection}
 
@@ -236,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="output/proxy", metavar="ROOT", help="output root (default output/proxy)")
     parser.add_argument("--dataset", choices=DATASETS, default=DATASETS[0],
                         help=f"proxy-world dataset config (default {DATASETS[0]})")
+    parser.add_argument("--trainer", default=TRAINER, metavar="TRAINER",
+                        help=f"the PLPP version swept (default {TRAINER}; one of {', '.join(sweepable_trainers())})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=[], metavar="KEY",
                         help=f"sweep only these keys ({', '.join(VARIANTS)})")
@@ -246,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"trailing options must be KEY VALUE pairs; got an odd number: {' '.join(args.opts)}")
     if any(s < 0 for s in args.seeds):
         parser.error("--seeds must be >= 0")
+    if args.trainer not in sweepable_trainers():
+        parser.error(f"--trainer {args.trainer}: not a PLPP version with configs/trainers/<trainer>/{CFG}.yaml "
+                     f"(one of {', '.join(sweepable_trainers())})")
     world = osp.abspath(osp.expanduser(args.world))
     if not osp.isfile(osp.join(world, "proxy-clip.pt")):
         print(f"error: {world}/proxy-clip.pt not found: build the world first with "
@@ -256,14 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for variant in chosen:
             for seed in args.seeds:
-                run_one(world, root, args.dataset, variant, seed, list(args.opts), args.dry_run)
+                run_one(world, root, args.dataset, variant, seed, list(args.opts), args.dry_run, args.trainer)
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.dry_run:
         return 0
-    summary = summarize(root, args.dataset, chosen, list(args.seeds))
-    path = osp.join(root, SWEEP_DIR, f"sweep_{args.dataset}.json")
+    summary = summarize(root, args.dataset, chosen, list(args.seeds), args.trainer)
+    path = sweep_file(root, args.dataset, args.trainer)
     os.makedirs(osp.dirname(path), exist_ok=True)
     from plpp.engine.utils import write_json
 
