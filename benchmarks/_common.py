@@ -122,3 +122,13 @@ def print_report(report: dict, as_json: bool) -> None:
         elif isinstance(value, (dict, list)):
             value = json.dumps(value, ensure_ascii=False)
         print(f"{key:>24}: {value}")
+
+
+def imagenet_classnames(n: int) -> list[str]:
+    """The first ``n`` of ImageNet's 1000 category names, from torchvision's weights metadata (no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    names = list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    if not 1 <= n <= len(names):
+        raise SystemExit(f"--classes must be between 1 and {len(names)} (ImageNet's class names), got {n}")
+    return names[:n]

@@ -8,6 +8,9 @@ evaluations run on the same model and batches, alternated round by round after a
 * ``cached``: ``before_test`` encodes the class prompts once, then each batch costs one image pass;
 * ``uncached``: no cache, so every batch re-encodes all class prompts (the upstream CoOp path).
 
+The class names are ImageNet's (torchvision's weights metadata); the text pass is ``--text-pass``
+(``fast`` by default, ``full``: all 77 tokens per prompt, as upstream).
+
 After one warm-up pass of each tower at full size, per-batch medians are measured on
 ``--timed-batches`` batches and ``--repeats`` rounds; an evaluation of ``--batches`` test
 batches (500: ImageNet's 50,000 test images at 100 per batch) then costs ``text_once_s + batches ×
@@ -32,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import ARCHS, device_name, print_report, random_clip  # noqa: E402
+from benchmarks._common import ARCHS, device_name, imagenet_classnames, print_report, random_clip  # noqa: E402
 from plpp.clip_utils import Precision  # noqa: E402
 from plpp.engine import get_cfg_default  # noqa: E402
 from plpp.trainers import extend_cfg  # noqa: E402
@@ -44,13 +47,13 @@ HOSTS = {"coop": CustomCLIP, "maple": MaPLeCLIP}
 LIMIT_RATIO_TARGET = 1.10
 
 
-def build(host: str, arch: str, n_classes: int, device: torch.device) -> torch.nn.Module:
+def build(host: str, arch: str, n_classes: int, device: torch.device, text_pass: str = "fast") -> torch.nn.Module:
     """The host's model on random CLIP weights (fp32), prompt parameters perturbed away from their init."""
     cfg = get_cfg_default()
     extend_cfg(cfg)
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = min(cfg.TRAINER.MAPLE.PROMPT_DEPTH, ARCHS[arch]["transformer_layers"])
-    classnames = [f"class number {i}" for i in range(n_classes)]
-    model = HOSTS[host](cfg, classnames, random_clip(arch)).to(device).eval()
+    model = HOSTS[host](cfg, imagenet_classnames(n_classes), random_clip(arch)).to(device).eval()
+    model.text_encoder.mode = text_pass
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.prompt_learner.parameters():
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timed-batches", type=int, default=None,
                     help="distinct batches timed per evaluation and round (default: 3 tiny, 1 otherwise)")
     ap.add_argument("--repeats", type=int, default=None, help="alternation rounds (default: 3 tiny, 1 otherwise)")
+    ap.add_argument("--text-pass", choices=("fast", "full"), default="fast", help="the text encoder's pass")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     res = ARCHS[args.arch]["image_resolution"]
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    model = build(args.host, args.arch, args.classes, device)
+    model = build(args.host, args.arch, args.classes, device, args.text_pass)
     trainer = SimpleNamespace(model=model, precision=Precision("fp32", device))  # the trainer's eval methods
     before_test = ClipPromptTrainer.before_test.__get__(trainer)
     model_inference = ClipPromptTrainer.model_inference.__get__(trainer)
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     cached_best = best["text_once"] + n * best["cached_batch"]
     out = {
         "arch": args.arch, "host": args.host, "device": device_name(device), "torch": torch.__version__,
-        "precision": "fp32", "n_classes": args.classes, "batch_size": args.batch_size, "batches": n,
+        "precision": "fp32", "text_pass": args.text_pass, "n_classes": args.classes, "batch_size": args.batch_size,
+        "batches": n,
         "timed_batches": n_timed, "repeats": repeats,
         "load_avg_1min": [load_before, os.getloadavg()[0] if load_before is not None else None],
         "text_once_s": med["text_once"], "image_batch_s": med["image_batch"],

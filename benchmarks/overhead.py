@@ -19,7 +19,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import ARCHS, alternate_timing, device_name, peak_mb, print_report, random_clip  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    ARCHS,
+    alternate_timing,
+    device_name,
+    imagenet_classnames,
+    peak_mb,
+    print_report,
+    random_clip,
+)
 from plpp.engine import get_cfg_default  # noqa: E402
 from plpp.perplexity import perplexity_losses  # noqa: E402
 from plpp.trainers import extend_cfg  # noqa: E402
@@ -39,11 +47,11 @@ def naive_perplexity(ctx: torch.Tensor, states: torch.Tensor, embedding: torch.T
 
 
 def build(arch: str, n_classes: int, device: torch.device, n_ctx: int):
+    """CoOp's model on random CLIP weights with the first ``n_classes`` ImageNet names, and its SGD."""
     cfg = get_cfg_default()
     extend_cfg(cfg)
     cfg.TRAINER.COOP.N_CTX = n_ctx
-    classnames = [f"class number {i}" for i in range(n_classes)]
-    model = CustomCLIP(cfg, classnames, random_clip(arch)).to(device)
+    model = CustomCLIP(cfg, imagenet_classnames(n_classes), random_clip(arch)).to(device)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("prompt_learner."))
     opt = torch.optim.SGD(model.prompt_learner.parameters(), lr=1e-3, momentum=0.9)
@@ -68,11 +76,10 @@ def make_steps(cfg, model, opt, image, label):
         finish(F.cross_entropy(logits.float(), label) + p.PPL_WEIGHT * t["ppl"] + p.IPPL_WEIGHT * t["ippl"])
 
     def naive():
-        text, states = model.encode_text(return_states=True)
         learner = model.prompt_learner
-        pos = learner.ctx_positions
+        text, states = model.encode_text(learner.context_positions())
         ctx = learner.ctx.unsqueeze(0).expand(learner.n_cls, -1, -1)
-        per_class = states.gather(1, pos.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+        per_class = states.unsqueeze(0).expand(learner.n_cls, -1, -1)  # each class's (identical) context states
         logits = model.logits(model.encode_image(image), text)
         finish(F.cross_entropy(logits.float(), label) + p.PPL_WEIGHT * naive_perplexity(
             ctx, per_class, emb, p.TOPK, p.TEMPERATURE))

@@ -1,11 +1,10 @@
-"""CLIP on the stock ``clip`` package: loading weights, precision, and a text encoder with token states.
+"""CLIP on the stock ``clip`` package: loading weights, precision, and running blocks with injected prompts.
 
-Nothing here forks CLIP: the text transformer's blocks are run one by one so that callers can read
-the per-token hidden states (what PLPP needs), checkpoint activations, or replace prompt tokens
-between blocks (deep prompts, on the text side through ``TextEncoder(between=...)`` and on the
-vision side through ``encode_image_with_prompts``). The ``clip`` package is the installed
-distribution's, loaded under a private name (:func:`import_clip`), so a checkout's own modified
-``clip/`` (MaPLe, PromptSRC, ...) can neither break nor silently change our model.
+Nothing here forks CLIP: transformer blocks are run one by one so that callers can checkpoint
+activations or replace prompt tokens between blocks (deep prompts: the text side in ``plpp.text``, and
+the vision side through ``encode_image_with_prompts``). The text encoder lives in ``plpp.text``. The
+``clip`` package is the installed distribution's, loaded under a private name (:func:`import_clip`), so a
+checkout's own modified ``clip/`` (MaPLe, PromptSRC, ...) can neither break nor silently change our model.
 """
 
 from __future__ import annotations
@@ -369,36 +368,6 @@ def run_blocks(x: torch.Tensor, blocks: nn.ModuleList | nn.Sequential, use_check
         else:
             x = block(x)
     return x
-
-
-class TextEncoder(nn.Module):
-    """CLIP's text tower on prompt embeddings; returns pooled features and, optionally, token states.
-
-    ``forward(prompts [C, L, d], tokenized [C, L])`` → ``(features [C, D], states [C, L, d] | None)``,
-    where ``states`` are the outputs after ``ln_final`` and before ``text_projection``.
-    """
-
-    def __init__(self, clip_model: nn.Module) -> None:
-        super().__init__()
-        self.transformer = clip_model.transformer
-        self.positional_embedding = clip_model.positional_embedding
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.use_checkpoint = False
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.resblocks[0].attn.in_proj_weight.dtype
-
-    def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor, return_states: bool = False,
-                between: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
-        x = prompts.to(self.dtype) + self.positional_embedding[: prompts.shape[1]].to(self.dtype)
-        x = x.permute(1, 0, 2)
-        x = run_blocks(x, self.transformer.resblocks, self.use_checkpoint, between)
-        x = x.permute(1, 0, 2)
-        x = self.ln_final(x).to(self.dtype)
-        pooled = x[torch.arange(x.shape[0], device=x.device), tokenized.argmax(dim=-1)] @ self.text_projection
-        return pooled, (x if return_states else None)
 
 
 def replace_tokens(x: torch.Tensor, start: int | None, tokens: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,14 @@ import pytest
 import torch
 from yacs.config import CfgNode as CN
 
-from plpp.clip_utils import TextEncoder, tokenize
+from plpp.clip_utils import tokenize
 from plpp.engine import get_cfg_default
 from plpp.perplexity import perplexity_losses
+from plpp.text import TextEncoder, TextPrompts, text_layout
 from plpp.trainers import extend_cfg
 from plpp.trainers.coop import CustomCLIP, PromptLearner
 from tests.conftest import build_tiny_clip
+from tests.text_reference import stock_states
 
 CLASSNAMES = ["cat", "golden retriever", "sea_lion", "fire truck engine", "dog"]
 
@@ -63,18 +65,23 @@ def test_ctx_init_uses_word_embeddings(clip_model):
     assert torch.allclose(learner.ctx, clip_model.token_embedding.weight[ids])
 
 
-def test_text_encoder_matches_clip_encode_text(clip_model):
-    tokens = tokenize(["a photo of a cat.", "a dog"])
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_text_encoder_matches_clip_encode_text(clip_model, mode):
+    tokens = tokenize(["a photo of a cat.", "a dog", "a photo of a golden retriever."])
     enc = TextEncoder(clip_model)
-    pooled, states = enc(clip_model.token_embedding(tokens), tokens, return_states=True)
-    assert torch.allclose(pooled, clip_model.encode_text(tokens), atol=1e-5)
-    assert states.shape == (2, 77, clip_model.ln_final.weight.shape[0])
+    enc.mode = mode
+    layout = text_layout(tokens)
+    assert layout.shared_len == 2  # [SOS] a
+    with torch.no_grad():
+        out = enc(TextPrompts.from_full(layout, clip_model.token_embedding(tokens)), torch.tensor([0, 1]))
+        assert torch.allclose(out.features[0], clip_model.encode_text(tokens), atol=1e-5)
+    assert out.states.shape == (1, 2, clip_model.ln_final.weight.shape[0])
 
 
-def _naive_per_class(model: CustomCLIP, shift: bool, kw: dict) -> dict:
+def _naive_per_class(model: CustomCLIP, clip_model, shift: bool, kw: dict) -> dict:
     """Per class: its own context states from the full text pass, the loss, then the mean over classes."""
     learner = model.prompt_learner
-    _, states = model.encode_text(return_states=True)
+    states = stock_states(clip_model, learner())  # every class's states at all 77 positions
     totals = {"ppl": 0.0, "ippl": 0.0}
     logs = []
     for c in range(learner.n_cls):
@@ -101,7 +108,7 @@ def test_fast_paths_equal_naive_per_class(clip_model, position, csc, shift):
     _, ctx, states = model.forward_with_states(image, shift=shift)
     assert ctx.dim() == (2 if (position == "end" and not csc) else 3)
     fast = perplexity_losses(ctx, states, model.token_embedding.weight, chunk_size=3, **kw)
-    naive = _naive_per_class(model, shift, kw)
+    naive = _naive_per_class(model, clip_model, shift, kw)
     for key in ("ppl", "ippl", "perplexity"):
         assert torch.allclose(fast[key], naive[key], atol=1e-5, rtol=1e-5), key
     param = model.prompt_learner.ctx

@@ -21,6 +21,7 @@ from plpp.trainers.cocoop import CoCoOpCLIP
 from plpp.trainers.maple import MaPLeCLIP
 from plpp.trainers.zsclip import IMAGENET_TEMPLATES_SELECT
 from tests.conftest import PYTHON, REPO, TINY_OPTS, build_tiny_clip, subprocess_env, train_args, write_fashion_mnist
+from tests.text_reference import stock_features, stock_states
 
 CLASSNAMES = ["cat", "golden retriever", "sea_lion", "fire truck"]
 NEW_CLASSNAMES = ["dog", "hot air balloon", "ant"]
@@ -78,16 +79,19 @@ def test_cocoop_batched_text_pass_equals_per_image_loop(clip_model):
     with torch.no_grad():
         img = model.encode_image(image)
         expected = []
-        for b in range(len(image)):  # CoCoOp's reference: one text pass over all classes per image
+        for b in range(len(image)):  # CoCoOp's reference: one 77-token pass over all classes per image
             ctx = (learner.ctx + learner.meta_net(img[b])).expand(learner.n_cls, -1, -1)
             prompts = torch.cat([learner.token_prefix, ctx, learner.token_suffix], dim=1)
-            text, _ = model.text_encoder(prompts, learner.tokenized_prompts)
+            text = stock_features(clip_model, prompts, learner.tokenized_prompts)
             text = text / text.norm(dim=-1, keepdim=True)
             expected.append(model.logit_scale.exp() * img[b] @ text.t())
         expected = torch.stack(expected)
         batched = model(image)
-        model.max_prompts_per_pass = 2 * learner.n_cls  # three chunks: 2 + 2 + 1 images
+        passes = []
+        model.text_encoder.register_forward_hook(lambda *_: passes.append(1))
+        model.max_tokens_per_pass = 2 * model.text_encoder.tokens_per_pass(learner.layout)
         chunked = model(image)
+        assert len(passes) == 3  # chunks of 2 + 2 + 1 images
         model.cache_text_features()  # a no-op: the text depends on the image
         assert model._text_cache is None
     assert torch.allclose(batched, expected, atol=1e-5) and torch.allclose(chunked, expected, atol=1e-5)
@@ -107,12 +111,12 @@ def test_context_states_equal_every_class_states(clip_model, host, shift):
         assert torch.allclose(logits, model(image), atol=1e-5)
         if host == "MaPLe":
             assert ctx is learner.ctx and states.shape == ctx.shape == (2, 64)
-            full = [model.encode_text(return_states=True)[1]]  # [C, L, d]
+            prompts = learner.text_prompts()
+            full = [stock_states(clip_model, prompts.full()[0], prompts.deep, prompts.deep_start)]  # [C, L, d]
             states = states.unsqueeze(0)
         else:
             assert ctx.shape == states.shape == (3, 4, 64)
-            prompts = learner.conditional_prompts(ctx)  # [B, C, L, d]
-            full = [model.text_encoder(p, learner.tokenized_prompts, return_states=True)[1] for p in prompts]
+            full = [stock_states(clip_model, p) for p in learner.conditional_text_prompts(ctx).full()]
         for b, per_class in enumerate(full):
             for c in range(learner.n_cls):
                 assert torch.allclose(states[b], per_class[c, pos], atol=1e-5), (b, c)
@@ -135,6 +139,7 @@ def _block_inputs(blocks, run) -> list[torch.Tensor]:
 def test_maple_deep_prompts_change_exactly_the_prompted_layers(clip_model):
     deep = _model("MaPLe", clip_model, maple_depth=2)
     shallow = _model("MaPLe", clip_model, maple_depth=1)
+    deep.text_encoder.mode = shallow.text_encoder.mode = "full"  # whole blocks at 77 tokens, so the hooks see them
     shallow.prompt_learner.load_state_dict(deep.prompt_learner.state_dict(), strict=False)  # same ctx and proj
     learner = deep.prompt_learner
     image = torch.randn(2, 3, 32, 32)

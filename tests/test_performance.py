@@ -147,22 +147,25 @@ def clip3():
 
 @pytest.mark.parametrize("host", sorted(HOSTS))
 @pytest.mark.parametrize("plpp", [False, True], ids=["ce", "plpp"])
-def test_checkpointed_text_encoder_gives_the_same_loss_and_gradients(clip3, host, plpp):
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_checkpointed_text_encoder_gives_the_same_loss_and_gradients(clip3, host, plpp, mode):
     torch.manual_seed(1)
     image, label = torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 3])
     results = {}
     for on in (False, True):
         model = _model(host, clip3)
+        model.text_encoder.mode = mode
         model.text_encoder.use_checkpoint = on
-        calls = []
-        hook = model.text_encoder.transformer.resblocks[0].register_forward_pre_hook(lambda *_, c=calls: c.append(1))
+        calls = []  # block 0's first norm runs in both passes (per prefix and bucket in the fast one)
+        hook = model.text_encoder.tower.blocks[0].ln_1.register_forward_pre_hook(lambda *_, c=calls: c.append(1))
         terms = _loss(model, image, label, plpp)
+        n_forward = len(calls)
         _total(terms).backward()
         hook.remove()
         grads = {n: p.grad for n, p in model.prompt_learner.named_parameters()}
-        results[on] = (terms, grads, len(calls))
-    (plain, g_plain, n_plain), (ckpt, g_ckpt, n_ckpt) = results[False], results[True]
-    assert (n_plain, n_ckpt) == (1, 2)  # block 0 recomputed in the backward pass
+        results[on] = (terms, grads, n_forward, len(calls))
+    (plain, g_plain, f_plain, n_plain), (ckpt, g_ckpt, f_ckpt, n_ckpt) = results[False], results[True]
+    assert f_plain == f_ckpt == n_plain and n_ckpt == 2 * f_ckpt  # block 0 recomputed in the backward pass
     assert set(plain) == set(ckpt) == ({"ce", "ppl", "ippl"} if plpp else {"ce"})
     for key in plain:
         assert torch.allclose(plain[key], ckpt[key], atol=1e-5, rtol=0), key
@@ -172,33 +175,40 @@ def test_checkpointed_text_encoder_gives_the_same_loss_and_gradients(clip3, host
 
 
 def test_auto_rule_and_choices():
-    assert decide_text_checkpoint("auto", 1000, 77)[0]  # ImageNet: 77,000 prompt tokens per step
-    assert not decide_text_checkpoint("auto", 100, 77)[0]
-    assert decide_text_checkpoint("auto", 32 * 10, 77)[0]  # CoCoOp, batch 32 of 10 classes: 24,640 tokens
-    assert decide_text_checkpoint("auto", TEXT_CHECKPOINT_AUTO_TOKENS, 1)[0]
-    assert not decide_text_checkpoint("auto", TEXT_CHECKPOINT_AUTO_TOKENS - 1, 1)[0]
-    assert decide_text_checkpoint("always", 1, 77)[0] and not decide_text_checkpoint("never", 10**6, 77)[0]
+    assert decide_text_checkpoint("auto", 1000 * 77)[0]  # ImageNet through the full pass: 77,000 tokens per step
+    assert not decide_text_checkpoint("auto", 17 + 1000 * 5)[0]  # ... through the fast pass
+    assert decide_text_checkpoint("auto", TEXT_CHECKPOINT_AUTO_TOKENS)[0]
+    assert not decide_text_checkpoint("auto", TEXT_CHECKPOINT_AUTO_TOKENS - 1)[0]
+    assert decide_text_checkpoint("always", 1)[0] and not decide_text_checkpoint("never", 10**6)[0]
     cfg = _cfg(**{"TRAINER.COOP.TEXT_CHECKPOINT": "yes"})
     with pytest.raises(ValueError, match=r"TRAINER.COOP.TEXT_CHECKPOINT 'yes' is not valid; choose one of auto"):
         check_clip_cfg(cfg, "COOP")
 
 
-@pytest.mark.parametrize("name,threshold,batch,expected", [
-    ("CoOp", 4 * 77, 4, "on"),  # 4 classes × 77 tokens reach the (lowered) threshold
-    ("CoOp", 4 * 77 + 1, 4, "off"),
-    ("PLPP_CoCoOp", 16 * 77, 4, "on"),  # CoCoOp: 4 images × 4 classes
-    ("MaPLe", None, 4, "off"),
+@pytest.mark.parametrize("name,text_pass,threshold,batch,expected", [
+    ("CoOp", "full", 4 * 77, 4, "on"),  # the full pass: 4 classes × 77 tokens reach the (lowered) threshold
+    ("CoOp", "full", 4 * 77 + 1, 4, "off"),
+    ("CoOp", "fast", 4 * 77, 4, "off"),  # the fast pass computes far fewer tokens
+    ("PLPP_CoCoOp", "full", 16 * 77, 4, "on"),  # CoCoOp: 4 images × 4 classes
+    ("PLPP_CoCoOp", "fast", 16 * 77, 4, "off"),
+    ("MaPLe", "fast", None, 4, "off"),
 ])
 def test_auto_rule_switches_each_host_and_logs(tmp_path, data_root, tiny_clip_file, caplog, monkeypatch,
-                                               name, threshold, batch, expected):
+                                               name, text_pass, threshold, batch, expected):
     if threshold is not None:
         monkeypatch.setattr(base, "TEXT_CHECKPOINT_AUTO_TOKENS", threshold)
     monkeypatch.setattr(logging.getLogger("plpp"), "propagate", True)
+    key = "COCOOP" if "CoCoOp" in name else name.upper().replace("PLPP", "COOP")
     with caplog.at_level("INFO", logger="plpp"):
-        trainer = _trainer(name, data_root, tiny_clip_file, tmp_path, **{"DATALOADER.TRAIN_X.BATCH_SIZE": batch})
-    assert trainer.model.text_encoder.use_checkpoint is (expected == "on")
-    key = "COCOOP" if "CoCoOp" in name else name.upper()
-    assert f"Text encoder activation checkpointing: {expected} (TRAINER.{key}.TEXT_CHECKPOINT auto:" in caplog.text
+        trainer = _trainer(name, data_root, tiny_clip_file, tmp_path, **{"DATALOADER.TRAIN_X.BATCH_SIZE": batch,
+                                                                         f"TRAINER.{key}.TEXT_PASS": text_pass})
+    encoder = trainer.model.text_encoder
+    assert encoder.use_checkpoint is (expected == "on") and encoder.mode == text_pass
+    work = trainer.model.text_work(batch)
+    tokens = encoder.tokens_per_pass(work.layout, work.groups)
+    assert f"Text pass (TRAINER.{key}.TEXT_PASS {text_pass}): {text_pass}: " in caplog.text
+    assert (f"Text encoder activation checkpointing: {expected} (TRAINER.{key}.TEXT_CHECKPOINT auto: "
+            f"{tokens:,} tokens computed per step") in caplog.text
     if expected == "on":  # and a training step runs through the checkpointed blocks
         trainer.batch_idx, trainer.num_batches = 0, 2
         summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))

@@ -19,29 +19,29 @@ from plpp.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_a
 from plpp.engine.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_checked
 from plpp.engine.utils import logger
 from plpp.provenance import KIND_OPENAI, describe_backbone, identify_backbone
+from plpp.text import TEXT_PASS_CHOICES
 
 TEXT_CHECKPOINT_CHOICES = ("auto", "always", "never")
-#: ``TEXT_CHECKPOINT auto`` checkpoints the text encoder from this many prompt tokens per training step
-#: (prompts × context length). Unchecked, ViT-B/16's text tower keeps about 0.37 MB of fp32 activations per
-#: token (benchmarks/memory.py): ≈6 GB at this many tokens (213 classes of 77), ≈28 GB at 1000 classes.
+#: ``TEXT_CHECKPOINT auto`` checkpoints the text encoder from this many tokens computed per training step
+#: (per block). Unchecked, ViT-B/16's text tower keeps about 0.37 MB of fp32 activations per token
+#: (benchmarks/memory.py): ≈6 GB at this many tokens. The full 77-token pass reaches it at 213 classes;
+#: the fast pass computes ≈4,500 tokens for ImageNet's 1000 class prompts, so it stays unchecked.
 TEXT_CHECKPOINT_AUTO_TOKENS = 16_384
 
 
-def decide_text_checkpoint(setting: str, n_prompts: int, n_tokens: int,
-                           key: str = "TEXT_CHECKPOINT") -> tuple[bool, str]:
+def decide_text_checkpoint(setting: str, n_tokens: int, key: str = "TEXT_CHECKPOINT") -> tuple[bool, str]:
     """Whether to checkpoint the text encoder's activations, and the reason (for the log).
 
-    ``n_prompts`` prompts of ``n_tokens`` tokens go through the text encoder with autograd in one step
-    (the classes for CoOp/MaPLe, images × classes for CoCoOp). ``auto`` turns checkpointing on from
-    ``TEXT_CHECKPOINT_AUTO_TOKENS`` prompt tokens.
+    ``n_tokens`` is what the text encoder computes with autograd in one step (per block: the fast pass's
+    prefix and truncated prompts, or prompts × 77 for the full pass). ``auto`` turns checkpointing on
+    from ``TEXT_CHECKPOINT_AUTO_TOKENS`` tokens.
     """
     if setting not in TEXT_CHECKPOINT_CHOICES:
         raise ValueError(f"{key} '{setting}' is not valid; choose one of {', '.join(TEXT_CHECKPOINT_CHOICES)}")
     if setting != "auto":
         return setting == "always", f"{key} {setting}"
-    total = n_prompts * n_tokens
-    on = total >= TEXT_CHECKPOINT_AUTO_TOKENS
-    return on, (f"{key} auto: {n_prompts:,} prompts × {n_tokens} tokens = {total:,} per step, "
+    on = n_tokens >= TEXT_CHECKPOINT_AUTO_TOKENS
+    return on, (f"{key} auto: {n_tokens:,} tokens computed per step, "
                 f"{'≥' if on else '<'} {TEXT_CHECKPOINT_AUTO_TOKENS:,}")
 
 
@@ -72,7 +72,7 @@ class TrainOutput:
 
 
 def check_clip_cfg(cfg, prec_key: str) -> None:
-    """Validate ``TRAINER.<prec_key>.PREC`` (and ``TEXT_CHECKPOINT``) and a square ``INPUT.SIZE``."""
+    """Validate ``TRAINER.<prec_key>.PREC`` (``TEXT_CHECKPOINT``, ``TEXT_PASS``) and a square ``INPUT.SIZE``."""
     prec = cfg.TRAINER[prec_key].PREC
     if prec not in PRECISIONS:
         raise ValueError(f"TRAINER.{prec_key}.PREC '{prec}' is not valid; choose one of {', '.join(PRECISIONS)}")
@@ -80,6 +80,11 @@ def check_clip_cfg(cfg, prec_key: str) -> None:
     if setting not in TEXT_CHECKPOINT_CHOICES:
         raise ValueError(f"TRAINER.{prec_key}.TEXT_CHECKPOINT '{setting}' is not valid; choose one of "
                          f"{', '.join(TEXT_CHECKPOINT_CHOICES)}")
+    text_pass = cfg.TRAINER[prec_key].TEXT_PASS
+    if text_pass not in TEXT_PASS_CHOICES:
+        raise ValueError(f"TRAINER.{prec_key}.TEXT_PASS '{text_pass}' is not valid; choose one of "
+                         f"{', '.join(TEXT_PASS_CHOICES)} (fast: exact, only the tokens that change the features; "
+                         "full: every prompt at all 77 tokens, as upstream)")
     size = tuple(cfg.INPUT.SIZE)
     if len(size) != 2 or size[0] != size[1]:
         raise ValueError(f"INPUT.SIZE must be square for CLIP, got {size}")
@@ -137,7 +142,7 @@ class ClipPromptTrainer(TrainerX):
         self.precision, clip_model = load_clip_for(cfg, self.PREC_KEY, self.device)
         logger.info("Building custom CLIP")
         self.model = self.build_custom_clip(classnames, clip_model)
-        self.configure_text_checkpoint()
+        self.configure_text_encoder()
         if cfg.get("DISTRIBUTED", {}).get("SHARD_CLASSES", False):  # torchrun: each rank encodes a class slice
             from .sharding import shard_text_encoder
 
@@ -159,13 +164,17 @@ class ClipPromptTrainer(TrainerX):
     def results_metadata(self) -> dict:
         return backbone_results_metadata(self.cfg)
 
-    def configure_text_checkpoint(self) -> None:
-        """Turn activation checkpointing of the text encoder on or off (``TRAINER.<KEY>.TEXT_CHECKPOINT``)."""
+    def configure_text_encoder(self) -> None:
+        """Pick the text pass (``TRAINER.<KEY>.TEXT_PASS``), then turn activation checkpointing of the text
+        encoder on or off (``TEXT_CHECKPOINT``) on the tokens that pass computes; one log line each."""
+        encoder, work = self.model.text_encoder, self.model.text_work(self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
+        encoder.mode = self.method_cfg.TEXT_PASS
+        logger.info(f"Text pass (TRAINER.{self.PREC_KEY}.TEXT_PASS {encoder.mode}): "
+                    + encoder.describe(work.layout, work.groups, work.prefix_runs, device=self.device))
+        n_tokens = encoder.tokens_per_pass(work.layout, work.groups, self.device)
         key = f"TRAINER.{self.PREC_KEY}.TEXT_CHECKPOINT"
-        n_prompts = self.model.text_prompts_per_step(self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
-        n_tokens = self.model.prompt_learner.tokenized_prompts.shape[1]
-        on, reason = decide_text_checkpoint(self.method_cfg.TEXT_CHECKPOINT, n_prompts, n_tokens, key)
-        self.model.text_encoder.use_checkpoint = on
+        on, reason = decide_text_checkpoint(self.method_cfg.TEXT_CHECKPOINT, n_tokens, key)
+        encoder.use_checkpoint = on
         logger.info(f"Text encoder activation checkpointing: {'on' if on else 'off'} ({reason})")
 
     def load_init_weights(self, module: nn.Module, path: str) -> None:

@@ -1,9 +1,10 @@
 """CoCoOp: CoOp's context plus a per-image bias from a small meta-net (conditional prompts).
 
 Each image ``x`` gets its own context ``ctx + π(x)``, so the text side runs over all classes once
-per image. That pass is batched over the images of a batch (``[B·C, 77, d]`` per text-encoder call,
-split into chunks of at most ``max_prompts_per_pass`` prompts) instead of CoCoOp's loop per image.
-The checkpoint holds ``ctx`` and the meta-net only: nothing depends on the class list.
+per image. That pass is batched over the images of a batch instead of CoCoOp's loop per image: each
+image's ``[SOS][ctx + π(x)]`` prefix runs once, and every class's name tokens attend to it (split into
+chunks of at most ``max_tokens_per_pass`` tokens). The checkpoint holds ``ctx`` and the meta-net only:
+nothing depends on the class list.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from plpp.engine import TRAINER_REGISTRY
+from plpp.text import TextPrompts, TextWork
 
 from .base import ClipPromptTrainer, ForwardPass
 from .coop import CustomCLIP, PromptLearner
@@ -31,6 +33,7 @@ def add_config(cfg) -> None:
     cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialise the context from this text (N_CTX = its words, as upstream)
     cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.COCOOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
+    cfg.TRAINER.COCOOP.TEXT_PASS = "fast"  # fast: only the tokens that can change the features (exact); full: all 77
 
 
 class ConditionalPromptLearner(PromptLearner):
@@ -62,63 +65,53 @@ class ConditionalPromptLearner(PromptLearner):
         bias = self.meta_net(image_features.to(self.ctx.dtype))  # [B, d]
         return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
 
-    def conditional_prompts(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Prompt embeddings ``[B, C, L, d]`` for per-image contexts ``ctx`` [B, M, d]."""
-        b, c = ctx.shape[0], self.n_cls
-        ctx = ctx.unsqueeze(1).expand(b, c, -1, -1)
-        prefix = self.token_prefix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)
-        suffix = self.token_suffix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)
-        return torch.cat([prefix, ctx, suffix], dim=2)
+    def conditional_text_prompts(self, ctx: torch.Tensor) -> TextPrompts:
+        """The text pass for per-image contexts ``ctx [B, M, d]``: one shared prefix per image, every class after it."""
+        return TextPrompts(self.layout, self.shared_tokens(ctx), self.rest_tokens())
 
 
 class CoCoOpCLIP(CustomCLIP):
     """CLIP with conditional prompts: ``forward(image [B, 3, H, W]) -> logits [B, C]`` in every mode."""
 
     CFG_KEY = "COCOOP"
-    #: Most prompts (images × classes) in one text-encoder call; bounds evaluation memory.
-    max_prompts_per_pass: int = 4096
+    #: Most tokens (of all images' prompts) in one text-encoder call; bounds evaluation memory.
+    max_tokens_per_pass: int = 4096 * 77
 
     def __init__(self, cfg, classnames: list[str], clip_model: nn.Module) -> None:
         super().__init__(cfg, classnames, clip_model, learner_cls=ConditionalPromptLearner)
 
-    def encode_text(self, return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_text(self, states_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise RuntimeError("CoCoOp's class prompts depend on the image: use encode_conditional_text(ctx)")
 
     def cache_text_features(self) -> None:
         """No-op: the text features depend on each test image, so there is nothing to cache."""
 
-    def text_prompts_per_step(self, batch_size: int) -> int:
-        """Prompts the text encoder runs with autograd in one training step: every class for every image."""
-        return batch_size * self.prompt_learner.n_cls
+    def text_work(self, batch_size: int) -> TextWork:
+        """What the text encoder runs with autograd in one training step: every class for every image."""
+        return TextWork(self.prompt_learner.layout, batch_size, "once per image")
 
     def encode_conditional_text(self, ctx: torch.Tensor,
-                                return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                                states_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text features of every class for each per-image context, batched over the images.
 
         Args:
             ctx: ``[B, M, d]`` per-image contexts (``conditional_context``).
-            return_states: also return the token states of the first class's prompt of each image.
+            states_at: ``[M]`` positions inside the shared prefix whose states to return.
 
         Returns:
-            ``(features [B, C, D] (L2-normalised), states [B, L, d] or None)``. With the class name
+            ``(features [B, C, D] (L2-normalised), states [B, M, d] or None)``. With the class name
             after the context and a causal text transformer, the states at the context positions
-            are the same for every class, so class 0's stand for all.
+            are the same for every class: they come from each image's prefix, computed once.
         """
         learner = self.prompt_learner
-        n_cls = learner.n_cls
-        step = max(1, self.max_prompts_per_pass // n_cls)
+        per_image = self.text_encoder.tokens_per_pass(learner.layout, 1)
+        step = max(1, self.max_tokens_per_pass // per_image)
         features, states = [], []
         for start in range(0, ctx.shape[0], step):
-            chunk = ctx[start : start + step]
-            b = chunk.shape[0]
-            prompts = learner.conditional_prompts(chunk).flatten(0, 1)  # [b*C, L, d]
-            tokenized = learner.tokenized_prompts.repeat(b, 1)
-            feats, token_states = self.text_encoder(prompts, tokenized, return_states)
-            feats = feats / feats.norm(dim=-1, keepdim=True)
-            features.append(feats.view(b, n_cls, -1))
-            if return_states:
-                states.append(token_states.view(b, n_cls, *token_states.shape[1:])[:, 0])
-        return torch.cat(features), (torch.cat(states) if return_states else None)
+            out = self.text_encoder(learner.conditional_text_prompts(ctx[start : start + step]), states_at)
+            features.append(out.features / out.features.norm(dim=-1, keepdim=True))
+            states.append(out.states)
+        return torch.cat(features), (None if states_at is None else torch.cat(states))
 
     def conditional_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of image ``b`` against its own class features ``text_features[b]`` [C, D]."""
@@ -134,11 +127,11 @@ class CoCoOpCLIP(CustomCLIP):
         ``[B, C, D]``; with ``return_states`` also the per-image contexts ``[B, M, d]`` and their states."""
         image_features = self.encode_image(image)
         ctx = self.prompt_learner.conditional_context(image_features)
-        text, states = self.encode_conditional_text(ctx, return_states=return_states)
+        states_at = self.prompt_learner.context_positions(shift) if return_states else None
+        text, states = self.encode_conditional_text(ctx, states_at)
         fwd = ForwardPass(self.conditional_logits(image_features, text), image_features, text)
         if return_states:
-            pos = self.prompt_learner.ctx_positions[0] - (1 if shift else 0)
-            fwd.ctx, fwd.states = ctx, states[:, pos]
+            fwd.ctx, fwd.states = ctx, states
         return fwd
 
     def forward_with_states(self, image: torch.Tensor,

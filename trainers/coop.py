@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plpp.clip_utils import TextEncoder, decode_tokens, token_length, tokenize
+from plpp.clip_utils import decode_tokens, token_length, tokenize
 from plpp.engine import TRAINER_REGISTRY
 from plpp.engine.utils import logger
+from plpp.text import TextEncoder, TextPrompts, TextWork, text_layout
 
 from .base import ClipPromptTrainer, ForwardPass
 
@@ -26,6 +27,7 @@ def add_config(cfg) -> None:
     cfg.TRAINER.COOP.CTX_INIT = ""  # initialise the context from this text (N_CTX = its words; shared even with CSC)
     cfg.TRAINER.COOP.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.COOP.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
+    cfg.TRAINER.COOP.TEXT_PASS = "fast"  # fast: only the tokens that can change the features (exact); full: all 77
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle or front
 
 
@@ -67,7 +69,9 @@ class PromptLearner(nn.Module):
     """Builds ``[SOS][ctx][class].`` prompt embeddings ``[C, 77, d]`` from learnable ``ctx``.
 
     The class-dependent token embeddings are non-persistent buffers, so a checkpoint holds only
-    ``ctx`` and a base-trained prompt loads for any other class set.
+    ``ctx`` and a base-trained prompt loads for any other class set. ``layout`` tells the text encoder
+    what is shared: ``[SOS][ctx]`` (and any fixed words after it) when the context is shared and comes
+    first; nothing with class-specific context or the class token at the front or middle.
     """
 
     #: ``(n_ctx, ctx_init, clip_model, n_copies) -> (ctx, prompt prefix text)``; hosts may swap it.
@@ -113,6 +117,11 @@ class PromptLearner(nn.Module):
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("ctx_positions", ctx_pos, persistent=False)
         self.name_lens = name_lens
+        if self.shared_prefix:
+            self.layout = text_layout(tokenized, shared_len=1 + self.n_ctx)
+        else:
+            note = "class-specific context" if self.csc else f"class token at the {position}"
+            self.layout = text_layout(tokenized, extend=False, note=note)
 
     def _layout(self, name_lens: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token order per class (from the ``end`` layout to the configured one) and where ctx lands.
@@ -184,6 +193,37 @@ class PromptLearner(nn.Module):
             prompts = prompts.gather(1, self.order.unsqueeze(-1).expand(-1, -1, prompts.shape[-1]))
         return prompts
 
+    def text_prompts(self) -> TextPrompts:
+        """This pass's prompts for the text encoder: the shared prefix once, or every class's whole prompt.
+
+        A learner with ``deep_text_prompts`` (MaPLe, IVLP, PromptSRC) has them replace the context tokens
+        before blocks 1 .. J-1; they sit inside the shared prefix, so the fast text pass runs them once.
+        """
+        deep = tuple(getattr(self, "deep_text_prompts", ()))
+        if not self.shared_prefix:
+            return TextPrompts.from_full(self.layout, self(), deep)
+        return TextPrompts(self.layout, self.shared_tokens(self.ctx.unsqueeze(0)), self.rest_tokens(), deep)
+
+    def shared_tokens(self, ctx: torch.Tensor) -> torch.Tensor:
+        """The shared prefix ``[G, P, d]`` for contexts ``ctx [G, M, d]``: ``[SOS][ctx]`` and any fixed words after."""
+        fixed = self.layout.shared_len - 1 - self.n_ctx
+        g = ctx.shape[0]
+        sos = self.token_prefix[:1].to(ctx.dtype).expand(g, -1, -1)
+        words = self.token_suffix[:1, :fixed].to(ctx.dtype).expand(g, -1, -1)
+        return torch.cat([sos, ctx, words], dim=1)
+
+    def rest_tokens(self) -> torch.Tensor:
+        """Every class's tokens after the shared prefix ``[C, L-P, d]`` (frozen embeddings)."""
+        return self.token_suffix[:, self.layout.shared_len - 1 - self.n_ctx :]
+
+    def context_positions(self, shift: bool = False) -> torch.Tensor:
+        """Where the context tokens sit: ``[M]`` when shared by all classes, else ``[C, M]``.
+
+        With ``shift`` the position before each (the state that predicts it, next-token view).
+        """
+        positions = self.ctx_positions - int(shift)
+        return positions[0] if self.shared_prefix else positions
+
 
 class CustomCLIP(nn.Module):
     """CLIP with a prompt learner on the text side: ``forward(image) -> logits [B, C]``."""
@@ -209,17 +249,18 @@ class CustomCLIP(nn.Module):
         feats = self.image_encoder(image.to(self.dtype))
         return feats / feats.norm(dim=-1, keepdim=True)
 
-    def encode_text(self, return_states: bool = False):
-        prompts = self.prompt_learner()
-        feats, states = self.text_encoder(prompts, self.prompt_learner.tokenized_prompts, return_states)
-        return feats / feats.norm(dim=-1, keepdim=True), states
+    def encode_text(self, states_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class features ``[C, D]`` (normalised) and the text states at ``states_at`` (see ``TextEncoder``)."""
+        out = self.text_encoder(self.prompt_learner.text_prompts(), states_at)
+        feats = out.features[0]
+        return feats / feats.norm(dim=-1, keepdim=True), (None if out.states is None else out.states[0])
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale.exp() * image_features @ text_features.t()
 
-    def text_prompts_per_step(self, batch_size: int) -> int:
-        """Prompts the text encoder runs with autograd in one training step: one per class."""
-        return self.prompt_learner.n_cls
+    def text_work(self, batch_size: int) -> TextWork:
+        """What the text encoder runs with autograd in one training step: every class prompt, once."""
+        return TextWork(self.prompt_learner.layout, 1, "once per step")
 
     def _prompt_state(self) -> tuple:
         """What the class prompts depend on: the prompt learner's tensors (storage and in-place version)."""
@@ -256,28 +297,29 @@ class CustomCLIP(nn.Module):
         With ``return_states`` the pass also carries the context vectors and the text states aligned
         with them (see ``forward_with_states``), from the same text pass as the class features.
         """
-        text, states = self.encode_text(return_states=return_states)
+        learner = self.prompt_learner
+        text, states = self.encode_text(learner.context_positions(shift) if return_states else None)
         image_features = self.encode_image(image)
         fwd = ForwardPass(self.logits(image_features, text), image_features, text)
         if return_states:
-            fwd.ctx, fwd.states = self.context_states(states, shift)
+            fwd.ctx, fwd.states = self.context_vectors(), states
         return fwd
 
-    def context_states(self, states: torch.Tensor, shift: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The context vectors and the token states ``[C, L, d]`` at their positions (see ``forward_with_states``)."""
+    def context_vectors(self) -> torch.Tensor:
+        """The context vectors aligned with the text states: ``[M, d]`` when shared by all classes, else
+        ``[C, M, d]``."""
         learner = self.prompt_learner
-        pos = learner.ctx_positions - (1 if shift else 0)
-        if learner.shared_prefix:
-            return learner.ctx, states[0, pos[0]]
-        ctx = learner.ctx if learner.csc else learner.ctx.unsqueeze(0).expand(learner.n_cls, -1, -1)
-        return ctx, states.gather(1, pos.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+        if learner.shared_prefix or learner.csc:
+            return learner.ctx
+        return learner.ctx.unsqueeze(0).expand(learner.n_cls, -1, -1)
 
     def forward_with_states(self, image: torch.Tensor, shift: bool = False):
         """Logits plus the context vectors and the text states aligned with them (one text pass).
 
         Returns ``(logits [B, C], ctx, states)`` with ``ctx``/``states`` of shape ``[M, d]`` when the
-        context states are shared by all classes (causal mask, class name after the context), else
-        ``[C, M, d]``. With ``shift`` the state before each context token is used (next-token view).
+        context states are shared by all classes (causal mask, class name after the context: they come
+        from the shared prefix, computed once), else ``[C, M, d]``. With ``shift`` the state before each
+        context token is used (next-token view).
         """
         fwd = self.forward_parts(image, return_states=True, shift=shift)
         return fwd.logits, fwd.ctx, fwd.states

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from plpp.clip_utils import tokenize
+from plpp.text import TextEncoder
 
-from .zsclip import CUSTOM_TEMPLATES
+from .zsclip import CUSTOM_TEMPLATES, template_prompts
 
 #: KgCoOp's hand-crafted prompts: CoOp's table, except DTD ("{} texture." there).
 KGCOOP_TEMPLATES: dict[str, str] = {**CUSTOM_TEMPLATES, "DescribableTextures": "a photo of a {}, a type of texture."}
@@ -81,9 +82,10 @@ def template_text_features(clip_model: nn.Module, classnames: Sequence[str], tem
     names = [name.replace("_", " ") for name in classnames]
     total = None
     with fp32_clip(clip_model, torch.device(device)) as model:
+        encoder = TextEncoder(model)  # the fast exact pass: each template's shared words once, names to their EOT
         for template in templates:
             tokens = tokenize([template.format(name) for name in names]).to(device)
-            feats = torch.cat([model.encode_text(tokens[i : i + batch_size]).float()
+            feats = torch.cat([encoder(template_prompts(model, tokens[i : i + batch_size])).features[0].float()
                                for i in range(0, len(names), batch_size)])
             if normalize_each:
                 feats = feats / feats.norm(dim=-1, keepdim=True)

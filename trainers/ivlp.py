@@ -35,6 +35,7 @@ def _declare(cfg, key: str, n_ctx: int, depth: int) -> None:
     node.CTX_INIT = "a photo of a"  # prompt text; its words after the first N_CTX_TEXT stay fixed
     node.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     node.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
+    node.TEXT_PASS = "fast"  # fast: only the tokens that can change the features (exact); full: all 77
     node.PROMPT_DEPTH_VISION = depth  # vision layers with prompts (0: none)
     node.PROMPT_DEPTH_TEXT = depth  # text layers with prompts (1: first layer only)
 

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from plpp.clip_utils import deep_prompt_hook, encode_image_with_prompts, is_vision_transformer, token_length, tokenize
+from plpp.clip_utils import encode_image_with_prompts, is_vision_transformer, token_length, tokenize
 from plpp.engine import TRAINER_REGISTRY
 from plpp.engine.utils import logger
 
@@ -46,6 +46,7 @@ def add_config(cfg) -> None:
     cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"  # prompt text; its words after the first N_CTX stay fixed
     cfg.TRAINER.MAPLE.PREC = "fp16"  # fp16 (upstream's), fp32, amp (fp32 master) or bf16; fp16/amp: fp32 on CPU
     cfg.TRAINER.MAPLE.TEXT_CHECKPOINT = "auto"  # checkpoint text activations: auto (many prompt tokens), always, never
+    cfg.TRAINER.MAPLE.TEXT_PASS = "fast"  # fast: only the tokens that can change the features (exact); full: all 77
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9  # layers with prompts (1: first layer only), on both towers
 
 
@@ -122,8 +123,9 @@ class MultiModalPromptLearner(PromptLearner):
 class MaPLeCLIP(CustomCLIP):
     """CLIP with multi-modal deep prompts: ``forward(image [B, 3, H, W]) -> logits [B, C]``.
 
-    ``forward``, the evaluation text cache and ``forward_with_states`` come from CoOp's model: the
-    context states are class-independent here too (the deep text prompts sit before the class name).
+    ``forward``, ``encode_text``, the evaluation text cache and ``forward_with_states`` come from CoOp's
+    model: the context states are class-independent here too (the deep text prompts sit before the
+    class name), and the prompt learner's ``text_prompts`` carries the deep prompts.
     """
 
     CFG_KEY = "MAPLE"
@@ -136,13 +138,6 @@ class MaPLeCLIP(CustomCLIP):
         first, deep = self.prompt_learner.vision_prompts()
         feats = encode_image_with_prompts(self.image_encoder, image, first, deep)
         return feats / feats.norm(dim=-1, keepdim=True)
-
-    def encode_text(self, return_states: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class features ``[C, D]`` (normalised) and, optionally, token states ``[C, L, d]``."""
-        learner = self.prompt_learner
-        between = deep_prompt_hook(list(learner.deep_text_prompts), start=1)
-        feats, states = self.text_encoder(learner(), learner.tokenized_prompts, return_states, between=between)
-        return feats / feats.norm(dim=-1, keepdim=True), states
 
 
 @TRAINER_REGISTRY.register()

@@ -13,10 +13,10 @@ engine then averages the gradients over ranks, giving ``(1/W) Σ_r Σ_k … = �
 the gradient of the global-batch loss, exactly as without sharding.
 
 PLPP needs the text states at the context positions. When they are the same for every class
-(shared context before the class name: ``prompt_learner.shared_prefix``), each rank also encodes
-class 0's prompt (one extra row, cheap) and returns its states ``[1, L, d]``: every rank then
-computes the same PLPP terms, whose gradients the average keeps. Otherwise (class-specific or
-middle/front context) the full states ``[C, L, d]`` are gathered with the features, in one call.
+(shared context before the class name: the prompts' shared prefix), every rank runs that prefix
+anyway (it is part of each class's pass) and returns its states ``[M, d]``: every rank computes the
+same PLPP terms, whose gradients the average keeps. Otherwise (class-specific or middle/front
+context) the per-class states ``[C, M, d]`` are gathered with the features, in one call.
 """
 
 from __future__ import annotations
@@ -24,57 +24,51 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plpp.clip_utils import TextEncoder
 from plpp.engine.distributed import all_gather_rows, get_world_size, is_dist, shard_range
 from plpp.engine.utils import logger
+from plpp.text import TextEncoder, TextOutput, TextPrompts
 
 
 class ClassShardedTextEncoder(TextEncoder):
-    """A :class:`TextEncoder` (same modules, shared) that encodes this rank's classes and gathers the rest.
+    """A :class:`TextEncoder` (same tower, mode and checkpointing) that encodes this rank's classes and gathers.
 
-    ``forward(prompts [C, L, d], tokenized [C, L])`` returns ``(features [C, D], states)`` like the
-    plain encoder, with ``states`` ``[1, L, d]`` (class 0's) when ``first_states_only`` else ``[C, L, d]``.
+    ``forward(prompts, states_at)`` returns what the plain encoder returns for all ``n_cls`` prompts (one
+    group): features ``[1, C, D]`` and states ``[1, M, d]`` (shared prefix) or ``[1, C, M, d]``.
     """
 
-    def __init__(self, encoder: TextEncoder, n_cls: int, first_states_only: bool) -> None:
-        super().__init__(encoder)  # reads transformer, positional_embedding, ln_final, text_projection
-        self.use_checkpoint = encoder.use_checkpoint
+    def __init__(self, encoder: TextEncoder, n_cls: int) -> None:
+        nn.Module.__init__(self)
+        self.tower = encoder.tower
+        self.mode, self.use_checkpoint, self._plans = encoder.mode, encoder.use_checkpoint, encoder._plans
         self.n_cls = n_cls
-        self.first_states_only = first_states_only
         world = get_world_size()
         self.sizes = [stop - start for start, stop in (shard_range(n_cls, r, world) for r in range(world))]
 
-    def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor, return_states: bool = False, between=None):
-        if prompts.shape[0] != self.n_cls:
+    def forward(self, prompts: TextPrompts, states_at: torch.Tensor | None = None) -> TextOutput:
+        if prompts.layout.n_prompts != self.n_cls or prompts.groups != 1:
             raise RuntimeError(f"DISTRIBUTED.SHARD_CLASSES: the text encoder was sharded for {self.n_cls} class "
-                               f"prompts but got {prompts.shape[0]}; this host does not support class sharding")
+                               f"prompts in one group but got {prompts.layout.n_prompts} in {prompts.groups}; "
+                               "this host does not support class sharding")
         start, stop = shard_range(self.n_cls)
-        extra_first = return_states and self.first_states_only and start > 0
-        if extra_first:  # class 0's states are every class's: encode it here too (one more row)
-            prompts = torch.cat([prompts[:1], prompts[start:stop]])
-            tokenized = torch.cat([tokenized[:1], tokenized[start:stop]])
-        else:
-            prompts, tokenized = prompts[start:stop], tokenized[start:stop]
-        feats, states = super().forward(prompts, tokenized, return_states, between)
-        if extra_first:
-            feats = feats[1:]
-        if not return_states:
-            return all_gather_rows(feats, self.sizes), None
-        if self.first_states_only:
-            return all_gather_rows(feats, self.sizes), states[:1]
-        if extra_first:
-            states = states[1:]
+        per_class = states_at is not None and states_at.dim() == 2
+        local = super().forward(prompts.rows(start, stop), states_at[start:stop] if per_class else states_at)
+        feats = local.features[0]
+        if not per_class:
+            states = local.states
+            return TextOutput(all_gather_rows(feats, self.sizes)[None], states)
+        states = local.states[0]
         width = feats.shape[1]
         both = all_gather_rows(torch.cat([feats, states.flatten(1).to(feats.dtype)], dim=1), self.sizes)
-        return both[:, :width], both[:, width:].view(self.n_cls, *states.shape[1:]).to(states.dtype)
+        gathered = both[:, width:].view(self.n_cls, *states.shape[1:]).to(states.dtype)
+        return TextOutput(both[:, :width][None], gathered[None])
 
 
 def shard_text_encoder(model: nn.Module) -> None:
     """Replace ``model.text_encoder`` by its class-sharded version when running multi-process.
 
-    ``model`` is a host model with ``prompt_learner`` (``n_cls``, ``shared_prefix``) and a
-    :class:`TextEncoder`. Hosts whose text pass is not one row per class (CoCoOp: images × classes)
-    are refused. A single-process run keeps the plain encoder.
+    ``model`` is a host model with ``prompt_learner`` (``n_cls``) and a :class:`TextEncoder`. Hosts
+    whose text pass is not one row per class (CoCoOp: images × classes) are refused. A single-process
+    run keeps the plain encoder.
     """
     if not is_dist():
         logger.info("DISTRIBUTED.SHARD_CLASSES has no effect in a single-process run")
@@ -90,7 +84,6 @@ def shard_text_encoder(model: nn.Module) -> None:
     encoder = model.text_encoder
     if isinstance(encoder, ClassShardedTextEncoder):
         return
-    model.text_encoder = ClassShardedTextEncoder(encoder, learner.n_cls, bool(learner.shared_prefix))
+    model.text_encoder = ClassShardedTextEncoder(encoder, learner.n_cls)
     start, stop = shard_range(learner.n_cls)
-    logger.info(f"Text encoder sharded by class over {world} processes ({stop - start} classes on rank 0"
-                f"{', plus class 0 for the context states' if learner.shared_prefix else ''})")
+    logger.info(f"Text encoder sharded by class over {world} processes ({stop - start} classes on rank 0)")

@@ -1,9 +1,10 @@
 """Zero-shot CLIP: hand-crafted prompts per dataset, nothing trained (use ``train.py --eval-only``).
 
 ``ZeroshotCLIP`` uses one template per dataset; ``ZeroshotCLIP2`` averages the normalised text
-features of CLIP's seven selected ImageNet templates plus the dataset's own. Both read the backbone
-and ``TRAINER.COOP.PREC`` from CoOp's trainer configs, register no model (so ``--model-dir`` is not
-needed) and encode the class prompts once, when the trainer is built.
+features of CLIP's seven selected ImageNet templates plus the dataset's own. Both read the backbone,
+``TRAINER.COOP.PREC`` and ``TRAINER.COOP.TEXT_PASS`` from CoOp's trainer configs, register no model
+(so ``--model-dir`` is not needed) and encode the class prompts once, when the trainer is built: the
+template's words before the class name run once per template, each name only up to its EOT.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 from plpp.clip_utils import tokenize
 from plpp.engine import TRAINER_REGISTRY, TrainerX
 from plpp.engine.utils import logger
+from plpp.text import TextEncoder, TextPrompts, text_layout
 
 from .base import backbone_results_metadata, check_clip_cfg, load_clip_for
 
@@ -60,19 +62,28 @@ def dataset_template(dataset_name: str) -> str:
     return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
+def template_prompts(clip_model: nn.Module, tokens: torch.Tensor) -> TextPrompts:
+    """The text pass of token ids ``[C, L]``: the leading tokens all prompts share (e.g. ``[SOS] a photo of a``)
+    form the shared prefix, found from the ids themselves."""
+    embedded = clip_model.token_embedding(tokens)
+    return TextPrompts.from_full(text_layout(tokens), embedded)
+
+
 @torch.no_grad()
 def zeroshot_text_features(clip_model: nn.Module, classnames: list[str], templates: list[str],
-                           batch_size: int = 256) -> torch.Tensor:
+                           batch_size: int = 256, encoder: TextEncoder | None = None) -> torch.Tensor:
     """Class features ``[C, D]``: each template's normalised features, averaged, normalised again.
 
-    With one template this is ``normalize(clip_model.encode_text(tokenize(prompts)))``.
+    With one template this is ``normalize(clip_model.encode_text(tokenize(prompts)))``; ``encoder``
+    (default: a fast ``TextEncoder`` of ``clip_model``) decides which text pass computes it.
     """
+    encoder = encoder if encoder is not None else TextEncoder(clip_model)
     device = clip_model.token_embedding.weight.device
     per_template = []
     for template in templates:
         prompts = [template.format(name.replace("_", " ")) for name in classnames]
         tokens = tokenize(prompts).to(device)
-        feats = torch.cat([clip_model.encode_text(tokens[i : i + batch_size])
+        feats = torch.cat([encoder(template_prompts(clip_model, tokens[i : i + batch_size])).features[0]
                            for i in range(0, len(prompts), batch_size)]).float()
         per_template.append(feats / feats.norm(dim=-1, keepdim=True))
     mean = torch.stack(per_template).mean(dim=0)
@@ -97,8 +108,14 @@ class ZeroshotCLIP(TrainerX):
         self.clip_model = self.model = clip_model.to(self.device).eval()
         templates = self.templates()
         logger.info("Prompts: " + " | ".join(templates))
+        encoder = TextEncoder(clip_model)
+        encoder.mode = self.cfg.TRAINER[self.PREC_KEY].TEXT_PASS
+        classnames = self.dm.dataset.classnames
+        first = text_layout(tokenize([templates[0].format(c.replace("_", " ")) for c in classnames]))
+        logger.info(f"Text pass (TRAINER.{self.PREC_KEY}.TEXT_PASS {encoder.mode}, first template): "
+                    + encoder.describe(first, prefix_runs="once per template", per="template", device=self.device))
         with self.precision.autocast():
-            self.text_features = zeroshot_text_features(clip_model, self.dm.dataset.classnames, templates)
+            self.text_features = zeroshot_text_features(clip_model, classnames, templates, encoder=encoder)
 
     def results_metadata(self) -> dict:
         return backbone_results_metadata(self.cfg)
