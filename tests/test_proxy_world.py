@@ -218,6 +218,7 @@ def test_sweep_selects_on_val_and_the_report_prints_it(quick_world, tmp_path):
     assert (default_dir / "results.json").is_file()  # the defaults live in proxy.sh's own tree
     text = proxy_report.report(out, str(quick_world), [1])
     assert LABEL[1:] in text and "| PLPP | proxy |" in text and "`HIDDEN after`" in text
+    assert text.count("PLPP's open choices") == 1  # under its own dataset only
     doc = tmp_path / "doc.md"
     doc.write_text(f"intro\n{proxy_report.BEGIN}\nold\n{proxy_report.END}\nend\n")
     proxy_report.update_doc(str(doc), text)

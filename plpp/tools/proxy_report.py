@@ -121,12 +121,13 @@ def fewshot_lines(root: Path, seeds: list[int] | None) -> list[str]:
 
 def sweep_lines(root: Path) -> list[str]:
     lines = []
-    for dataset in DATASETS:
-        paths = sorted((root / "sweep").glob(f"sweep_{dataset}_*.json"),
-                       key=lambda p: _order(p.stem[len(f"sweep_{dataset}_"):]))
-        for path in paths:
-            with open(path, encoding="utf-8") as f:
-                lines += _sweep_table(json.load(f))
+    sweeps = []
+    for path in sorted((root / "sweep").glob("sweep_*.json")):
+        with open(path, encoding="utf-8") as f:
+            sweeps.append(json.load(f))
+    for dataset in DATASETS:  # a file names its dataset and trainer inside (proxy_world_drawing starts as proxy_world)
+        for sweep in sorted((s for s in sweeps if s.get("dataset") == dataset), key=lambda s: _order(s["trainer"])):
+            lines += _sweep_table(sweep)
     return lines
 
 
