@@ -193,6 +193,15 @@ def test_proxy_label_in_results_json_and_tables(coop_base_run):
     assert res.stdout.startswith(f"NOT A RESULT: {LABEL}")
 
 
+def test_linear_probe_records_the_proxy_backbone(quick_world, tmp_path):
+    """Every trainer's results.json names its backbone's kind, the linear probe (no prompt) included."""
+    out = tmp_path / "probe"
+    ok(run([PYTHON, "train.py", *train_py(quick_world, out, "LinearProbeCLIP", "DATASET.NUM_SHOTS", "1",
+                                          "DATASET.TEST_PER_CLASS", "2", "TRAINER.LINEAR_PROBE.SEARCH_STEPS", "0",
+                                          config="LinearProbeCLIP/proxy.yaml")]))
+    assert json.loads((out / "results.json").read_text())["backbone_weights"]["kind"] == "proxy_world"
+
+
 # ------------------------------------------------------------------------------------ sweep, report, scripts
 
 
