@@ -3,8 +3,8 @@
 from setuptools import setup
 
 setup(
-    packages=["plpp", "plpp.engine", "plpp.results", "plpp.openclip", "plpp.text", "plpp.tools", "plpp.trainers",
-              "plpp.datasets"],
+    packages=["plpp", "plpp.engine", "plpp.results", "plpp.openclip", "plpp.proxy", "plpp.text", "plpp.tools",
+              "plpp.trainers", "plpp.datasets"],
     package_dir={"plpp": "plpp", "plpp.trainers": "trainers", "plpp.datasets": "datasets"},
     package_data={"plpp.results": ["*.json"]},
 )

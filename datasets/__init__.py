@@ -1,5 +1,6 @@
 """Dataset readers for PLPP. Importing this package registers every reader in ``DATASET_REGISTRY``
-under the names CoOp users type (``DATASET.NAME``), plus ``FashionMNIST`` for demos and tests."""
+under the names CoOp users type (``DATASET.NAME``), plus ``FashionMNIST`` for demos and tests, and
+``ProxyWorld`` and ``ProxyWorldDrawing``, the synthetic datasets of the proxy world (docs/PROXY.md)."""
 
 from . import (  # noqa: F401  (imported for their registration side effect)
     caltech101,
@@ -15,6 +16,7 @@ from . import (  # noqa: F401  (imported for their registration side effect)
     imagenetv2,
     oxford_flowers,
     oxford_pets,
+    proxy_world,
     stanford_cars,
     sun397,
     ucf101,

@@ -195,7 +195,7 @@ def test_argument_errors(tmp_path):
 SCRIPT_ARGS = {
     "main.sh": ("dtd", "4"), "base2new.sh": ("dtd",), "base2new_train.sh": ("dtd", "1"),
     "base2new_test.sh": ("dtd", "1"), "xd_train.sh": ("1",), "xd_test.sh": ("dtd", "1"), "dg_test.sh": ("1",),
-    "zeroshot.sh": ("dtd",), "demo.sh": (),
+    "zeroshot.sh": ("dtd",), "demo.sh": (), "proxy.sh": (),
 }
 
 

@@ -27,7 +27,7 @@ from plpp.engine import TRAINER_REGISTRY, TrainerX
 from plpp.engine.checkpoint import CheckpointError
 from plpp.engine.utils import logger
 
-from .base import input_from_backbone, load_clip_for
+from .base import backbone_results_metadata, input_from_backbone, load_clip_for
 
 #: First grid of ``C`` values (CoOp's lpclip); the first best is refined by ``SEARCH_STEPS`` rounds.
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -158,6 +158,10 @@ class LinearProbeCLIP(TrainerX):
         if self.max_epoch != 1:
             logger.info(f"LinearProbeCLIP fits once: OPTIM.MAX_EPOCH {self.max_epoch} is read as 1")
         self.max_epoch = 1
+
+    def results_metadata(self) -> dict:
+        """``results.json`` names the backbone file and its kind, as for every other CLIP trainer."""
+        return backbone_results_metadata(self.cfg)
 
     @torch.no_grad()
     def image_features(self, image: torch.Tensor) -> torch.Tensor:

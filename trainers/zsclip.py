@@ -39,6 +39,8 @@ CUSTOM_TEMPLATES: dict[str, str] = {
     "ImageNetA": "a photo of a {}.",
     "ImageNetR": "a photo of a {}.",
     "FashionMNIST": "a photo of a {}.",
+    "ProxyWorld": "a photo of a {}.",
+    "ProxyWorldDrawing": "a photo of a {}.",
 }
 
 #: The seven ImageNet templates selected in CLIP's prompt-engineering notebook.

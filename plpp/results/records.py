@@ -22,6 +22,11 @@ UNRECORDED = "unrecorded"
 COOP_VARIANT_RE = re.compile(r"^nctx(?P<n_ctx>\d+)_csc(?P<csc>\w+?)_ctp(?P<ctp>\w+)$")
 
 
+#: Trainers that train nothing: their runs are evaluations wherever they sit (e.g. zero-shot CLIP's base
+#: classes in ``train_base``).
+EVAL_ONLY_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
+
+
 @dataclass(frozen=True)
 class FolderFacts:
     """What a run's folder says about it (``None``: the folder does not say)."""
@@ -98,7 +103,8 @@ def folder_mismatches(run_dir: Path, meta: dict[str, Any], facts: FolderFacts) -
     if facts.subsample is not None and isinstance(subsample, str) and subsample != facts.subsample:
         problems.append(f"subsample_classes {subsample!r}, the folder says {facts.subsample!r}")
     eval_only = meta.get("eval_only")
-    if facts.eval_only is not None and isinstance(eval_only, bool) and eval_only != facts.eval_only:
+    trains = facts.trainer not in EVAL_ONLY_TRAINERS  # zero-shot CLIP's "training" run is an evaluation
+    if trains and facts.eval_only is not None and isinstance(eval_only, bool) and eval_only != facts.eval_only:
         wanted = "an eval-only run" if facts.eval_only else "a training run"
         problems.append(f"eval_only {str(eval_only).lower()}, the folder holds {wanted}")
     if facts.variant:

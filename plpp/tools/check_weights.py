@@ -4,8 +4,10 @@
 ``$PLPP_CLIP_CACHE`` or ``~/.cache/clip``, else downloaded), a local ``.pt`` file, or an open_clip model
 (``open_clip:ARCH@TAG``, ``open_clip:ARCH@/path/file``). The weights are
 loaded once, so a truncated or foreign file is reported here too, and the file is identified (an
-OpenAI release by its checksum, a random-weight file by its marker, see :mod:`plpp.provenance`).
+OpenAI release by its checksum, a random-weight or proxy-world file by its marker, see :mod:`plpp.provenance`).
 Exit status 0 when usable, 1 with one message (which file is missing and where to put it) otherwise.
+``--offline`` looks in the cache only and never downloads (the demo's dry run uses it to choose between
+CLIP and the proxy world).
 """
 
 from __future__ import annotations
@@ -27,17 +29,33 @@ def describe(model) -> str:
             f"{n_params:.1f} M parameters")
 
 
+def cached_or_fail(name: str, setting: str) -> None:
+    """Raise ``ClipWeightsError`` unless ``name`` is a local file or an OpenAI model already in the cache."""
+    import os.path as osp
+
+    from plpp.clip_utils import ClipWeightsError, clip_cache_dir, clip_models
+
+    if osp.isfile(osp.expanduser(name)) or name not in clip_models():
+        return  # a local file, or a name resolve_weights rejects with its own message
+    target = osp.join(clip_cache_dir(), osp.basename(clip_models()[name]))
+    if not osp.isfile(target):
+        raise ClipWeightsError(f"{setting} '{name}': {target} is missing (offline check: nothing is downloaded)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plpp.tools.check_weights", description=__doc__.splitlines()[0])
     parser.add_argument("name", help="CLIP model name (ViT-B/32, ViT-B/16, RN50, ...) or a local .pt file")
     parser.add_argument("--setting", default="MODEL.BACKBONE.NAME",
                         help="how error messages call the value (e.g. BACKBONE for the demo script)")
+    parser.add_argument("--offline", action="store_true", help="look in the cache only; never download")
     args = parser.parse_args(argv)
 
     from plpp.clip_utils import ClipWeightsError, load_clip, resolve_weights
     from plpp.provenance import describe_backbone, identify_backbone
 
     try:
+        if args.offline:
+            cached_or_fail(args.name, args.setting)
         path = resolve_weights(args.name, setting=args.setting)
         model = load_clip(args.name if args.name.startswith("open_clip:") else path)
     except ClipWeightsError as exc:

@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders holding results.json; the first is "
                         "the baseline")
     parser.add_argument("--names", help="comma-separated names for the rows (default: each run's trainer)")
+    parser.add_argument("--title", help="a line printed above the table (e.g. what the numbers are not)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     if names is not None and len(names) != len(args.runs):
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     names = names or [res.get("trainer") or osp.basename(osp.normpath(run)) for run, res in zip(args.runs, results)]
+    if args.title:
+        print(args.title)
     note = weights_note(results)
     if "not a result" in note:
         print(f"NOT A RESULT: {note}")
