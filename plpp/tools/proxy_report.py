@@ -69,20 +69,25 @@ def world_lines(world: str | None) -> list[str]:
             f"{zs['drawing']['new']:.1f}); chance 2.1% over 48 classes, 4.2% over 24.", ""]
 
 
+def _per_dataset(root: Path, seeds: list[int] | None, find, summarize, layout_error: type[Exception]):
+    """``(dataset, summaries in table order)`` for each proxy dataset with runs under ``root`` (none when the
+    tree has no runs of that protocol)."""
+    try:
+        found = find(root)
+    except layout_error:
+        return
+    for dataset in DATASETS:
+        runs = [r for r in found if r.dataset == dataset]
+        if runs:
+            yield dataset, sorted(summarize(root, runs, seeds), key=lambda s: _order(s.method.trainer))
+
+
 def base2new_lines(root: Path, seeds: list[int] | None) -> list[str]:
     from plpp.results.aggregate import summarize_base2new
     from plpp.results.layout import LayoutError, find_base2new_runs
 
-    try:
-        found = find_base2new_runs(root)
-    except LayoutError:
-        return []
     lines = []
-    for dataset in DATASETS:
-        runs = [r for r in found if r.dataset == dataset]
-        if not runs:
-            continue
-        summaries = sorted(summarize_base2new(root, runs, seeds), key=lambda s: _order(s.method.trainer))
+    for dataset, summaries in _per_dataset(root, seeds, find_base2new_runs, summarize_base2new, LayoutError):
         rows = []
         for s in summaries:
             base, new, hm = s.base(dataset), s.new(dataset), s.hm(dataset)
@@ -99,16 +104,8 @@ def fewshot_lines(root: Path, seeds: list[int] | None) -> list[str]:
     from plpp.results.aggregate import summarize_fewshot
     from plpp.results.layout import LayoutError, find_fewshot_runs
 
-    try:
-        found = find_fewshot_runs(root)
-    except LayoutError:
-        return []
     lines = []
-    for dataset in DATASETS:
-        runs = [r for r in found if r.dataset == dataset]
-        if not runs:
-            continue
-        summaries = sorted(summarize_fewshot(root, runs, seeds), key=lambda s: _order(s.method.trainer))
+    for dataset, summaries in _per_dataset(root, seeds, find_fewshot_runs, summarize_fewshot, LayoutError):
         shots = sorted({k for s in summaries for k in s.shots})
         rows = []
         for s in summaries:
